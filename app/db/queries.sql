@@ -1,0 +1,204 @@
+-- Every SQL statement of the project, by name. Parameters use SQLAlchemy's :name style.
+-- Loaded by app/db/sql.py; each entry starts with "-- name --" and a one-line purpose.
+
+-- insert_memory --
+-- A new memory at version 1.
+INSERT INTO memories (user_id, content, embedding, metadata, importance, content_hash)
+VALUES (:user_id, :content, CAST(:embedding AS vector), CAST(:metadata AS jsonb), :importance,
+        :content_hash)
+RETURNING id, user_id, content, metadata, importance, version, content_hash, entities, extractor,
+          created_at, updated_at, deleted_at;
+
+-- insert_outbox --
+-- The delivery event of one memory change; commits in the same transaction as the change.
+INSERT INTO outbox (memory_id, user_id, memory_version, event_type)
+VALUES (:memory_id, :user_id, :memory_version, :event_type)
+RETURNING id;
+
+-- notify_outbox --
+-- Wakes idle relays; Postgres delivers it only if the transaction commits.
+SELECT pg_notify('memctl_outbox', '');
+
+-- get_memory --
+-- One live memory of one user.
+SELECT id, user_id, content, metadata, importance, version, content_hash, entities, extractor,
+       created_at, updated_at, deleted_at
+FROM memories
+WHERE id = :id AND user_id = :user_id AND deleted_at IS NULL;
+
+-- memory_version_any_state --
+-- Current version and deletion state of a memory of one user, to tell 404 from 409.
+SELECT version, deleted_at FROM memories WHERE id = :id AND user_id = :user_id;
+
+-- update_memory --
+-- Apply a change and bump the version; fenced by an optional expected version.
+UPDATE memories
+SET content = COALESCE(:content, content),
+    embedding = COALESCE(CAST(:embedding AS vector), embedding),
+    content_hash = COALESCE(:content_hash, content_hash),
+    metadata = COALESCE(CAST(:metadata AS jsonb), metadata),
+    importance = COALESCE(:importance, importance),
+    version = version + 1,
+    updated_at = now()
+WHERE id = :id AND user_id = :user_id AND deleted_at IS NULL
+  AND (CAST(:expected_version AS bigint) IS NULL OR version = :expected_version)
+RETURNING id, user_id, content, metadata, importance, version, content_hash, entities, extractor,
+          created_at, updated_at, deleted_at;
+
+-- delete_memory --
+-- Tombstone a memory (the row stays until the graph has the delete) and bump the version.
+UPDATE memories
+SET deleted_at = now(), version = version + 1, updated_at = now()
+WHERE id = :id AND user_id = :user_id AND deleted_at IS NULL
+  AND (CAST(:expected_version AS bigint) IS NULL OR version = :expected_version)
+RETURNING id, user_id, version;
+
+-- list_memories --
+-- One page of a user's live memories, newest first, keyset-paginated on (created_at, id).
+SELECT id, user_id, content, metadata, importance, version, content_hash, entities, extractor,
+       created_at, updated_at, deleted_at
+FROM memories
+WHERE user_id = :user_id AND deleted_at IS NULL
+  AND metadata @> CAST(:metadata AS jsonb)
+  AND importance >= :min_importance
+  AND (CAST(:after_created AS timestamptz) IS NULL
+       OR (created_at, id) < (CAST(:after_created AS timestamptz), CAST(:after_id AS uuid)))
+ORDER BY created_at DESC, id DESC
+LIMIT :limit;
+
+-- search_memories --
+-- Nearest live memories of one user by cosine distance, through the HNSW index.
+SELECT id, user_id, content, metadata, importance, version, content_hash, entities, extractor,
+       created_at, updated_at, deleted_at,
+       1 - (embedding <=> CAST(:embedding AS vector)) AS score
+FROM memories
+WHERE user_id = :user_id AND deleted_at IS NULL
+  AND metadata @> CAST(:metadata AS jsonb)
+  AND importance >= :min_importance
+ORDER BY embedding <=> CAST(:embedding AS vector)
+LIMIT :limit;
+
+-- search_settings --
+-- Let filtered HNSW scans keep going until enough rows pass the filters (pgvector 0.8).
+SELECT set_config('hnsw.iterative_scan', 'strict_order', true),
+       set_config('hnsw.ef_search', CAST(:ef_search AS text), true);
+
+-- memory_stats --
+-- Counts of one user's (or every user's) memories.
+SELECT count(*) FILTER (WHERE deleted_at IS NULL) AS live,
+       count(*) FILTER (WHERE deleted_at IS NOT NULL) AS deleted,
+       count(*) FILTER (WHERE deleted_at IS NULL AND extracted_hash IS DISTINCT FROM content_hash)
+           AS awaiting_extraction,
+       COALESCE(avg(importance) FILTER (WHERE deleted_at IS NULL), 0) AS avg_importance,
+       count(DISTINCT user_id) AS users
+FROM memories
+WHERE CAST(:user_id AS text) IS NULL OR user_id = :user_id;
+
+-- embedding_dimension --
+-- The dimension of memories.embedding as the database has it.
+SELECT atttypmod FROM pg_attribute
+WHERE attrelid = to_regclass('memories') AND attname = 'embedding';
+
+-- idempotency_get --
+-- A stored answer for an Idempotency-Key of one user.
+SELECT request_hash, memory_id FROM idempotency_keys WHERE user_id = :user_id AND key = :key;
+
+-- idempotency_put --
+-- Remember which memory an Idempotency-Key created; loses the race quietly to a concurrent twin.
+INSERT INTO idempotency_keys (user_id, key, request_hash, memory_id)
+VALUES (:user_id, :key, :request_hash, :memory_id)
+ON CONFLICT DO NOTHING
+RETURNING memory_id;
+
+-- idempotency_lock --
+-- Serialise concurrent requests with the same Idempotency-Key for the transaction.
+SELECT pg_advisory_xact_lock(hashtextextended(:user_id || chr(0) || :key, 0));
+
+-- claim_due --
+-- Lease a batch of due pending rows to this relay; other relays skip the locked ones.
+WITH due AS (
+    SELECT id FROM outbox
+    WHERE status = 'pending' AND next_attempt_at <= now()
+    ORDER BY next_attempt_at, id
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE outbox o
+SET status = 'in_flight', lease_expires_at = now() + make_interval(secs => :lease_seconds),
+    updated_at = now()
+FROM due WHERE o.id = due.id
+RETURNING o.id, o.memory_id, o.user_id, o.memory_version, o.event_type;
+
+-- reclaim_expired --
+-- In-flight rows whose lease ran out (worker killed, message lost) count an attempt and go back
+-- to pending, or to dead after the last attempt.
+WITH expired AS (
+    SELECT id FROM outbox
+    WHERE status = 'in_flight' AND lease_expires_at <= now()
+    ORDER BY lease_expires_at
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE outbox o
+SET attempts = o.attempts + 1,
+    status = CASE WHEN o.attempts + 1 >= :max_attempts THEN 'dead' ELSE 'pending' END,
+    next_attempt_at = now(),
+    lease_expires_at = NULL,
+    last_error = 'lease expired before the projection finished (worker lost or message lost)',
+    errors = o.errors || jsonb_build_object(
+        'attempt', o.attempts + 1, 'at', now(),
+        'error', 'lease expired before the projection finished (worker lost or message lost)'),
+    updated_at = now()
+FROM expired WHERE o.id = expired.id
+RETURNING o.id, o.status;
+
+-- outbox_rows_for_work --
+-- The rows a worker was sent, with their memory's current state; skips finished rows.
+SELECT o.id AS outbox_id, o.memory_id, o.user_id, o.memory_version, o.event_type, o.status,
+       o.attempts,
+       m.content, m.metadata, m.importance, m.version, m.content_hash, m.entities, m.extractor,
+       m.extracted_hash, m.deleted_at, m.user_id AS memory_user_id
+FROM outbox o
+LEFT JOIN memories m ON m.id = o.memory_id
+WHERE o.id = ANY(:ids) AND o.status IN ('pending', 'in_flight')
+ORDER BY o.memory_id;
+
+-- save_extraction --
+-- Cache an extraction result on the memory, only if the content it was made from is current.
+UPDATE memories
+SET entities = CAST(:entities AS jsonb), extractor = :extractor, extracted_hash = :content_hash
+WHERE id = :id AND content_hash = :content_hash;
+
+-- mark_done --
+-- The graph has version :version of the memory: every open row up to that version is done.
+UPDATE outbox
+SET status = 'done', done_at = now(), lease_expires_at = NULL, updated_at = now()
+WHERE memory_id = :memory_id AND memory_version <= :version
+  AND status IN ('pending', 'in_flight');
+
+-- mark_outbox_done_by_id --
+-- Close one row whose memory no longer exists.
+UPDATE outbox
+SET status = 'done', done_at = now(), lease_expires_at = NULL, updated_at = now()
+WHERE id = :id AND status IN ('pending', 'in_flight');
+
+-- record_failure --
+-- One failed attempt: count it, keep its error, schedule the retry or declare the row dead.
+UPDATE outbox
+SET attempts = attempts + 1,
+    status = CASE WHEN attempts + 1 >= :max_attempts THEN 'dead' ELSE 'pending' END,
+    next_attempt_at = now() + make_interval(secs => :delay_seconds),
+    lease_expires_at = NULL,
+    last_error = :error,
+    errors = errors || jsonb_build_object('attempt', attempts + 1, 'at', now(), 'error', :error),
+    updated_at = now()
+WHERE id = :id AND status IN ('pending', 'in_flight')
+RETURNING id, status, attempts;
+
+-- insert_dead_letter --
+-- The durable record of a row that ran out of attempts.
+INSERT INTO dead_letters (outbox_id, memory_id, user_id, event_type, memory_version, attempts,
+                          last_error, errors)
+SELECT id, memory_id, user_id, event_type, memory_version, attempts, last_error, errors
+FROM outbox WHERE id = ANY(:ids) AND status = 'dead'
+RETURNING id, outbox_id;

@@ -1,0 +1,95 @@
+"""Domain types shared by the service, the API, the workers and the admin tools."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import unicodedata
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+EventType = Literal["upsert", "delete", "resync"]
+OutboxStatus = Literal["pending", "in_flight", "done", "dead"]
+
+
+class Memory(BaseModel):
+    """A memory as the API returns it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: uuid.UUID
+    user_id: str
+    content: str
+    metadata: dict[str, Any]
+    importance: int
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    entities: list[Entity] | None = Field(
+        default=None, description="Entities found by the extractor, once a worker has run."
+    )
+
+
+class ScoredMemory(Memory):
+    score: float = Field(description="Cosine similarity, 1 is identical.")
+
+
+class Entity(BaseModel):
+    """An entity mentioned by a memory; ``key`` is unique per user."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    type: str
+
+    def key(self, user_id: str) -> str:
+        return entity_key(user_id, self.type, self.name)
+
+
+class Relation(BaseModel):
+    """A relationship between two entities of one memory; the predicate is data, not a type."""
+
+    model_config = ConfigDict(frozen=True)
+
+    source: Entity
+    target: Entity
+    predicate: str
+
+
+class Extraction(BaseModel):
+    """What an extractor found in one text."""
+
+    model_config = ConfigDict(frozen=True)
+
+    entities: list[Entity] = Field(default_factory=list)
+    relations: list[Relation] = Field(default_factory=list)
+
+
+class Page(BaseModel):
+    items: list[Memory]
+    next_cursor: str | None = None
+
+
+def normalise_name(name: str) -> str:
+    """Case-, accent-width- and whitespace-insensitive form of an entity name."""
+    return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
+
+
+def entity_key(user_id: str, type_: str, name: str) -> str:
+    """user + type + normalised name: users never share an entity."""
+    return f"{user_id}\x1f{type_.lower()}\x1f{normalise_name(name)}"
+
+
+def content_hash(content: str) -> str:
+    return hashlib.sha256(content.encode("utf-8")).hexdigest()
+
+
+def request_hash(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+Memory.model_rebuild()
+ScoredMemory.model_rebuild()

@@ -1,0 +1,136 @@
+"""One configuration object, read from the environment and an optional ``.env`` file.
+
+The variable names are the contract with docker-compose.yml and operators. Nothing reads the
+environment anywhere else: processes call ``load_settings()`` once and pass the result in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import pydantic
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.errors import ConfigError
+
+KeyList = Annotated[tuple[SecretStr, ...], NoDecode]
+
+
+def _split_keys(value: object) -> object:
+    if isinstance(value, str):
+        return tuple(SecretStr(k.strip()) for k in value.split(",") if k.strip())
+    return value
+
+
+class Settings(BaseSettings):
+    """Every setting of every process. Defaults suit the local servers ``memctl services`` runs."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True,
+        case_sensitive=False,
+    )
+
+    # Servers
+    database_url: str = "postgresql+psycopg://memory:memory-local@127.0.0.1:55432/memory"
+    redis_url: str = "redis://127.0.0.1:56379/0"
+    neo4j_uri: str = "bolt://127.0.0.1:57687"
+    neo4j_user: str = "neo4j"
+    neo4j_password: SecretStr = SecretStr("memory-local-neo4j")
+    neo4j_database: str = "neo4j"
+    db_pool_size: int = Field(10, ge=1, le=200)
+
+    # HTTP API
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=1, le=65535)
+    api_service_keys: KeyList = ()
+    api_admin_keys: KeyList = ()
+    max_content_chars: int = Field(10_000, ge=1, le=1_000_000)
+
+    # Embeddings
+    embedding_provider: Literal["local", "openai", "sentence-transformers"] = "local"
+    embedding_dim: int = Field(384, ge=2, le=16_000)
+    embedding_model: str = "text-embedding-3-small"
+    embedding_base_url: str = "https://api.openai.com/v1"
+    embedding_api_key: SecretStr = SecretStr("")
+
+    # Entity extraction
+    extractor: Literal["rules", "llm"] = "rules"
+    llm_base_url: str = "https://api.openai.com/v1"
+    llm_model: str = "gpt-4o-mini"
+    llm_api_key: SecretStr = SecretStr("")
+    llm_timeout_seconds: float = Field(30.0, gt=0)
+
+    # Delivery: relay, workers, retries
+    queue_name: str = "projection"
+    relay_batch_size: int = Field(200, ge=1, le=10_000)
+    relay_poll_seconds: float = Field(1.0, gt=0)
+    lease_seconds: float = Field(60.0, gt=0)
+    worker_batch_size: int = Field(50, ge=1, le=1_000)
+    retry_base_seconds: float = Field(1.0, gt=0)
+    retry_cap_seconds: float = Field(300.0, gt=0)
+    retry_max_attempts: int = Field(8, ge=1, le=100)
+
+    # Scheduler
+    check_interval_seconds: float = Field(300.0, gt=0)
+    reclaim_interval_seconds: float = Field(15.0, gt=0)
+    outbox_retention_hours: float = Field(168.0, ge=0)
+    tombstone_retention_hours: float = Field(24.0, ge=0)
+
+    # Local servers and logs
+    local_dir: Path = Path(".local")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    _split_service = field_validator("api_service_keys", "api_admin_keys", mode="before")(
+        _split_keys
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str) -> str:
+        if not value.startswith(("postgresql://", "postgresql+psycopg://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        # One driver everywhere: psycopg 3.
+        for prefix in ("postgresql://", "postgres://"):
+            if value.startswith(prefix):
+                return "postgresql+psycopg://" + value[len(prefix):]
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis:// URL")
+        return value
+
+    @field_validator("neo4j_uri")
+    @classmethod
+    def _bolt_url(cls, value: str) -> str:
+        schemes = ("bolt://", "bolt+s://", "bolt+ssc://", "neo4j://", "neo4j+s://", "neo4j+ssc://")
+        if not value.startswith(schemes):
+            raise ValueError("must be a bolt:// or neo4j:// URI")
+        return value
+
+    @model_validator(mode="after")
+    def _retry_bounds(self) -> Settings:
+        if self.retry_cap_seconds < self.retry_base_seconds:
+            raise ValueError("RETRY_CAP_SECONDS must be at least RETRY_BASE_SECONDS")
+        return self
+
+    @property
+    def psycopg_dsn(self) -> str:
+        """The database URL in the form plain psycopg (LISTEN/NOTIFY) expects."""
+        return self.database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings; a bad value raises ConfigError with one line naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except pydantic.ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = "_".join(str(p) for p in err["loc"]).upper() or "settings"
+            problems.append(f"{name}: {err['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

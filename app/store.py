@@ -1,0 +1,325 @@
+"""The memory service: the one place memory writes happen.
+
+Each change commits together with its outbox event in one Postgres transaction; nothing here
+talks to Neo4j or Redis, so writes succeed while either is down (DESIGN invariant 1).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Row
+
+from app.db.connector import Database
+from app.db.sql import q
+from app.domain import (
+    Entity,
+    EventType,
+    Memory,
+    Page,
+    ScoredMemory,
+    content_hash,
+    request_hash,
+)
+from app.embeddings import Embedder, to_pgvector
+from app.errors import IdempotencyConflict, NotFound, ValidationError, VersionConflict
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_USER_ID = 128
+MAX_PAGE = 500
+MAX_TOP_K = 100
+
+
+@dataclass(frozen=True)
+class NewMemory:
+    content: str
+    metadata: dict[str, Any] | None = None
+    importance: int = 5
+
+
+@dataclass(frozen=True)
+class Stats:
+    live: int
+    deleted: int
+    awaiting_extraction: int
+    avg_importance: float
+    users: int
+
+
+def _check_user(user_id: object) -> str:
+    if not isinstance(user_id, str) or not user_id.strip():
+        raise ValidationError("user_id must be a non-empty string", "user_id")
+    if len(user_id) > MAX_USER_ID:
+        raise ValidationError(f"user_id is longer than {MAX_USER_ID} characters", "user_id")
+    return user_id
+
+
+def _check_id(memory_id: object) -> uuid.UUID:
+    if isinstance(memory_id, uuid.UUID):
+        return memory_id
+    try:
+        return uuid.UUID(str(memory_id))
+    except ValueError:
+        raise ValidationError("id must be a UUID", "id") from None
+
+
+def _check_importance(importance: object) -> int:
+    if isinstance(importance, bool) or not isinstance(importance, int) or not 1 <= importance <= 10:
+        raise ValidationError("importance must be an integer from 1 to 10", "importance")
+    return importance
+
+
+def _check_metadata(metadata: object, field: str = "metadata") -> dict[str, Any]:
+    if not isinstance(metadata, dict):
+        raise ValidationError(f"{field} must be a JSON object", field)
+    try:
+        json.dumps(metadata)
+    except (TypeError, ValueError):
+        raise ValidationError(f"{field} must be JSON-serialisable", field) from None
+    return metadata
+
+
+def encode_cursor(created_at: datetime, memory_id: uuid.UUID) -> str:
+    raw = f"{created_at.isoformat()}|{memory_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, _, mid = raw.partition("|")
+        return datetime.fromisoformat(created), uuid.UUID(mid)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise ValidationError("cursor is not one this API returned", "cursor") from None
+
+
+def to_memory(row: Row[Any]) -> Memory:
+    m = row._mapping
+    extracted = m["entities"]
+    entities = None
+    if extracted is not None:
+        entities = [Entity(name=e["name"], type=e["type"]) for e in extracted.get("entities", [])]
+    return Memory(
+        id=m["id"], user_id=m["user_id"], content=m["content"], metadata=m["metadata"],
+        importance=m["importance"], version=m["version"], created_at=m["created_at"],
+        updated_at=m["updated_at"], entities=entities,
+    )
+
+
+class MemoryService:
+    """Store, update, delete, read and search one user's memories."""
+
+    def __init__(self, settings: Settings, db: Database, embedder: Embedder) -> None:
+        self.settings = settings
+        self.db = db
+        self.embedder = embedder
+        # A hook between the memory write and the outbox write, for tests that prove the two
+        # commit together (a failure here must leave neither).
+        self.before_outbox: Callable[[Connection], None] | None = None
+
+    # -- validation -----------------------------------------------------------------------
+
+    def _check_content(self, content: object) -> str:
+        if not isinstance(content, str) or not content.strip():
+            raise ValidationError("content must be a non-empty string", "content")
+        if len(content) > self.settings.max_content_chars:
+            raise ValidationError(
+                f"content is longer than {self.settings.max_content_chars} characters", "content")
+        return content
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def _emit(self, conn: Connection, memory_id: uuid.UUID, user_id: str, version: int,
+              event: EventType) -> None:
+        if self.before_outbox is not None:
+            self.before_outbox(conn)
+        conn.execute(q("insert_outbox"), {"memory_id": memory_id, "user_id": user_id,
+                                          "memory_version": version, "event_type": event})
+        conn.execute(q("notify_outbox"))
+
+    def _insert(self, conn: Connection, user_id: str, item: NewMemory,
+                vector: list[float]) -> Memory:
+        row = conn.execute(q("insert_memory"), {
+            "user_id": user_id, "content": item.content, "embedding": to_pgvector(vector),
+            "metadata": json.dumps(item.metadata or {}), "importance": item.importance,
+            "content_hash": content_hash(item.content),
+        }).one()
+        memory = to_memory(row)
+        self._emit(conn, memory.id, user_id, memory.version, "upsert")
+        return memory
+
+    def _validated(self, item: NewMemory) -> NewMemory:
+        return NewMemory(self._check_content(item.content),
+                         _check_metadata(item.metadata if item.metadata is not None else {}),
+                         _check_importance(item.importance))
+
+    def store(self, user_id: str, content: str, metadata: dict[str, Any] | None = None,
+              importance: int = 5, idempotency_key: str | None = None) -> tuple[Memory, bool]:
+        """Store a memory; returns it and whether it was created (False: an idempotent replay)."""
+        user_id = _check_user(user_id)
+        item = self._validated(NewMemory(content, metadata, importance))
+        vector = self.embedder.embed([item.content])[0]  # before the transaction opens
+        with self.db.transaction() as conn:
+            if idempotency_key is not None:
+                if not idempotency_key or len(idempotency_key) > 255:
+                    raise ValidationError("Idempotency-Key must be 1 to 255 characters",
+                                          "Idempotency-Key")
+                fingerprint = request_hash({"content": item.content, "metadata": item.metadata,
+                                            "importance": item.importance})
+                params = {"user_id": user_id, "key": idempotency_key}
+                conn.execute(q("idempotency_lock"), params)
+                seen = conn.execute(q("idempotency_get"), params).first()
+                if seen is not None:
+                    if seen.request_hash != fingerprint:
+                        raise IdempotencyConflict(
+                            "this Idempotency-Key was used with a different request")
+                    row = conn.execute(
+                        q("get_memory"), {"id": seen.memory_id, "user_id": user_id}).first()
+                    if row is None:
+                        raise NotFound("the memory this Idempotency-Key created was deleted")
+                    return to_memory(row), False
+            memory = self._insert(conn, user_id, item, vector)
+            if idempotency_key is not None:
+                conn.execute(q("idempotency_put"), {**params, "request_hash": fingerprint,
+                                                    "memory_id": memory.id})
+        log.info("memory stored", extra={"action": "memory.store", "memory_id": str(memory.id),
+                                         "user_id": user_id})
+        return memory, True
+
+    def store_many(self, user_id: str, items: Sequence[NewMemory]) -> list[Memory]:
+        """Store several memories in one transaction: all or none."""
+        user_id = _check_user(user_id)
+        if not items:
+            return []
+        checked = [self._validated(i) for i in items]
+        vectors = self.embedder.embed([i.content for i in checked])
+        with self.db.transaction() as conn:
+            return [self._insert(conn, user_id, i, v) for i, v in zip(checked, vectors, strict=True)]
+
+    def _missing_or_conflict(self, conn: Connection, user_id: str, memory_id: uuid.UUID,
+                             expected_version: int | None) -> Exception:
+        row = conn.execute(q("memory_version_any_state"),
+                           {"id": memory_id, "user_id": user_id}).first()
+        if row is None or row.deleted_at is not None or expected_version is None:
+            return NotFound("memory not found")
+        return VersionConflict(
+            f"memory is at version {row.version}, not {expected_version}", row.version)
+
+    def update(self, user_id: str, memory_id: uuid.UUID | str, *, content: str | None = None,
+               metadata: dict[str, Any] | None = None, importance: int | None = None,
+               expected_version: int | None = None) -> Memory:
+        """Change content, metadata or importance; bumps the version and queues re-projection."""
+        user_id = _check_user(user_id)
+        mid = _check_id(memory_id)
+        if content is None and metadata is None and importance is None:
+            raise ValidationError("nothing to update: give content, metadata or importance")
+        vector = None
+        if content is not None:
+            content = self._check_content(content)
+            vector = to_pgvector(self.embedder.embed([content])[0])
+        if metadata is not None:
+            _check_metadata(metadata)
+        if importance is not None:
+            _check_importance(importance)
+        with self.db.transaction() as conn:
+            row = conn.execute(q("update_memory"), {
+                "id": mid, "user_id": user_id, "content": content, "embedding": vector,
+                "content_hash": content_hash(content) if content is not None else None,
+                "metadata": json.dumps(metadata) if metadata is not None else None,
+                "importance": importance, "expected_version": expected_version,
+            }).first()
+            if row is None:
+                raise self._missing_or_conflict(conn, user_id, mid, expected_version)
+            memory = to_memory(row)
+            self._emit(conn, mid, user_id, memory.version, "upsert")
+        log.info("memory updated", extra={"action": "memory.update", "memory_id": str(mid),
+                                          "user_id": user_id, "version": memory.version})
+        return memory
+
+    def delete(self, user_id: str, memory_id: uuid.UUID | str, *,
+               expected_version: int | None = None) -> int:
+        """Tombstone a memory and queue its removal from the graph; returns the new version.
+
+        The graph side always removes the memory's MENTIONS and relationships and every entity
+        nothing mentions any more (DESIGN: no orphans).
+        """
+        user_id = _check_user(user_id)
+        mid = _check_id(memory_id)
+        with self.db.transaction() as conn:
+            row = conn.execute(q("delete_memory"), {"id": mid, "user_id": user_id,
+                                                    "expected_version": expected_version}).first()
+            if row is None:
+                raise self._missing_or_conflict(conn, user_id, mid, expected_version)
+            self._emit(conn, mid, user_id, row.version, "delete")
+        log.info("memory deleted", extra={"action": "memory.delete", "memory_id": str(mid),
+                                          "user_id": user_id, "version": row.version})
+        return int(row.version)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def get(self, user_id: str, memory_id: uuid.UUID | str) -> Memory:
+        """One live memory; another user's memory is NotFound, like a missing one."""
+        user_id = _check_user(user_id)
+        row = self.db.one("get_memory", {"id": _check_id(memory_id), "user_id": user_id})
+        if row is None:
+            raise NotFound("memory not found")
+        return to_memory(row)
+
+    def list(self, user_id: str, *, limit: int = 50, cursor: str | None = None,
+             metadata: dict[str, Any] | None = None, min_importance: int = 1) -> Page:
+        """A page of live memories, newest first; pass ``next_cursor`` back for the next page."""
+        user_id = _check_user(user_id)
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValidationError(f"limit must be from 1 to {MAX_PAGE}", "limit")
+        _check_importance(min_importance)
+        after = decode_cursor(cursor) if cursor else (None, None)
+        rows = self.db.all("list_memories", {
+            "user_id": user_id, "metadata": json.dumps(_check_metadata(metadata or {})),
+            "min_importance": min_importance, "after_created": after[0], "after_id": after[1],
+            "limit": limit + 1,
+        })
+        items = [to_memory(r) for r in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            last = items[-1]
+            next_cursor = encode_cursor(last.created_at, last.id)
+        return Page(items=items, next_cursor=next_cursor)
+
+    def search(self, user_id: str, query: str, *, top_k: int = 10,
+               metadata: dict[str, Any] | None = None, min_importance: int = 1,
+               ) -> list[ScoredMemory]:
+        """Semantic search over one user's live memories, best first, with cosine scores."""
+        user_id = _check_user(user_id)
+        if not isinstance(query, str) or not query.strip():
+            raise ValidationError("query must be a non-empty string", "query")
+        if len(query) > self.settings.max_content_chars:
+            raise ValidationError("query is too long", "query")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
+            raise ValidationError(f"top_k must be from 1 to {MAX_TOP_K}", "top_k")
+        _check_importance(min_importance)
+        vector = to_pgvector(self.embedder.embed([query])[0])
+        with self.db.transaction() as conn:
+            conn.execute(q("search_settings"), {"ef_search": max(40, top_k * 4)})
+            rows = conn.execute(q("search_memories"), {
+                "user_id": user_id, "embedding": vector, "limit": top_k,
+                "metadata": json.dumps(_check_metadata(metadata or {})),
+                "min_importance": min_importance,
+            }).all()
+        return [ScoredMemory(**to_memory(r).model_dump(), score=float(r.score)) for r in rows]
+
+    def stats(self, user_id: str | None = None) -> Stats:
+        row = self.db.one("memory_stats", {"user_id": user_id})
+        assert row is not None
+        return Stats(live=row.live, deleted=row.deleted,
+                     awaiting_extraction=row.awaiting_extraction,
+                     avg_importance=float(row.avg_importance), users=row.users)
