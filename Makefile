@@ -10,7 +10,7 @@ TEST_TMP := .local/pytest
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,local]'
 	touch $(STAMP)
 
 ## Start Postgres, Redis and Neo4j locally, migrate, then web, relay, worker and scheduler.

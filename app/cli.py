@@ -103,6 +103,35 @@ def migrate(
     err_console.print(f"database migrated to {revision}")
 
 
+@app.command()
+def web() -> None:
+    """Serve the HTTP API (FastAPI under uvicorn)."""
+    from app.api.server import serve
+    from app.logs import configure_logging
+
+    settings = _settings()
+    configure_logging(settings)
+    serve(settings)
+
+
+@app.command()
+def relay() -> None:
+    """Run the outbox relay until SIGTERM/SIGINT (then finish the current batch and exit)."""
+    import signal
+
+    from app.db.connector import Database
+    from app.logs import configure_logging
+    from workers.broker import build_broker
+    from workers.relay import Relay
+
+    settings = _settings()
+    configure_logging(settings)
+    runner = Relay(settings, Database(settings, pool_size=2), build_broker(settings))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: runner.stop())
+    runner.run()
+
+
 def ensure_api_keys(settings: Settings) -> dict[str, str]:
     """Keys from the environment are used as they are; otherwise generate local ones once."""
     env: dict[str, str] = {}
@@ -141,6 +170,8 @@ def run() -> None:
     err_console.print("Stop with Ctrl-C; 'memctl services down' stops the servers.\n")
     sys.stdout.flush()
     os.environ.update(generated)
+    # The Procfile's commands (memctl, dramatiq) live beside this interpreter.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     procfile = Path(__file__).resolve().parent.parent / "Procfile"
     honcho = Path(sys.executable).with_name("honcho")
     os.execv(str(honcho), [str(honcho), "start", "-f", str(procfile), "-d", str(procfile.parent)])

@@ -121,9 +121,17 @@ def db(settings: Settings) -> Iterator[Database]:
 def neo4j_driver(test_servers: TestServers) -> Iterator[Driver]:
     """A driver on an emptied graph (constraints and indexes stay)."""
     driver = GraphDatabase.driver(test_servers.urls.neo4j_uri, auth=("neo4j", NEO4J_PASSWORD))
-    driver.execute_query("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 5000 ROWS")
-    yield driver
-    driver.close()
+    try:
+        empty_graph(driver)
+        yield driver
+    finally:
+        driver.close()
+
+
+def empty_graph(driver: Driver) -> None:
+    """Delete every node (IN TRANSACTIONS needs an auto-commit transaction: session.run)."""
+    with driver.session() as session:
+        session.run("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 5000 ROWS").consume()
 
 
 @pytest.fixture

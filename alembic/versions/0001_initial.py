@@ -72,7 +72,8 @@ def upgrade(embedding_dim: int = 384, **kw: Any) -> None:
     op.execute("""
     CREATE TABLE dead_letters (
         id              bigserial PRIMARY KEY,
-        outbox_id       bigint NOT NULL REFERENCES outbox (id) ON DELETE CASCADE,
+        -- The outbox row may be pruned after a replay succeeds; the dead letter stays.
+        outbox_id       bigint REFERENCES outbox (id) ON DELETE SET NULL,
         memory_id       uuid NOT NULL,
         user_id         text NOT NULL,
         event_type      text NOT NULL,

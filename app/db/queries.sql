@@ -112,7 +112,8 @@ RETURNING memory_id;
 
 -- idempotency_lock --
 -- Serialise concurrent requests with the same Idempotency-Key for the transaction.
-SELECT pg_advisory_xact_lock(hashtextextended(:user_id || chr(0) || :key, 0));
+-- chr(31) separates user and key: text cannot hold chr(0), and a collision only serialises.
+SELECT pg_advisory_xact_lock(hashtextextended(:user_id || chr(31) || :key, 0));
 
 -- claim_due --
 -- Lease a batch of due pending rows to this relay; other relays skip the locked ones.
@@ -189,8 +190,9 @@ SET attempts = attempts + 1,
     status = CASE WHEN attempts + 1 >= :max_attempts THEN 'dead' ELSE 'pending' END,
     next_attempt_at = now() + make_interval(secs => :delay_seconds),
     lease_expires_at = NULL,
-    last_error = :error,
-    errors = errors || jsonb_build_object('attempt', attempts + 1, 'at', now(), 'error', :error),
+    last_error = CAST(:error AS text),
+    errors = errors || jsonb_build_object('attempt', attempts + 1, 'at', now(),
+                                          'error', CAST(:error AS text)),
     updated_at = now()
 WHERE id = :id AND status IN ('pending', 'in_flight')
 RETURNING id, status, attempts;
@@ -202,3 +204,31 @@ INSERT INTO dead_letters (outbox_id, memory_id, user_id, event_type, memory_vers
 SELECT id, memory_id, user_id, event_type, memory_version, attempts, last_error, errors
 FROM outbox WHERE id = ANY(:ids) AND status = 'dead'
 RETURNING id, outbox_id;
+
+-- prune_done_outbox --
+-- Delete a bounded batch of done rows older than the retention age.
+DELETE FROM outbox
+WHERE id IN (SELECT id FROM outbox
+             WHERE status = 'done' AND done_at < now() - make_interval(secs => :age_seconds)
+             ORDER BY done_at LIMIT :limit);
+
+-- prunable_tombstones --
+-- Deleted memories past retention with no delivery outstanding: safe to forget everywhere.
+SELECT m.id FROM memories m
+WHERE m.deleted_at IS NOT NULL
+  AND m.deleted_at < now() - make_interval(secs => :age_seconds)
+  AND NOT EXISTS (SELECT 1 FROM outbox o
+                  WHERE o.memory_id = m.id AND o.status IN ('pending', 'in_flight', 'dead'))
+ORDER BY m.deleted_at
+LIMIT :limit;
+
+-- purge_memories --
+-- Forget deleted memories the graph no longer holds (their outbox rows go with them).
+DELETE FROM memories m
+WHERE m.id = ANY(:ids) AND m.deleted_at IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM outbox o
+                  WHERE o.memory_id = m.id AND o.status IN ('pending', 'in_flight', 'dead'));
+
+-- try_scheduler_lock --
+-- Only one scheduler acts: a session-level advisory lock held while it runs.
+SELECT pg_try_advisory_lock(hashtextextended('memctl-scheduler', 0));

@@ -8,17 +8,20 @@ from pathlib import Path
 
 from sqlalchemy import TextClause, text
 
-_ENTRY = re.compile(r"^-- (\w+) --$", re.MULTILINE)
+def parse(source: str, comment: str = "--") -> dict[str, str]:
+    """Split a file of named statements into {name: statement}; comment lines are dropped.
 
-
-def parse(source: str) -> dict[str, str]:
-    """Split the file into {name: sql}; comment lines inside an entry are dropped."""
-    parts = _ENTRY.split(source)
+    An entry starts with a line ``-- name --`` (``// name //`` for Cypher, ``comment`` chosen
+    by the caller) followed by the statement; text before the first entry is a file header.
+    """
+    marker = re.escape(comment)
+    entry = re.compile(rf"^{marker} (\w+) {marker}$", re.MULTILINE)
+    parts = entry.split(source)
     queries: dict[str, str] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        lines = [ln for ln in body.strip().splitlines() if not ln.lstrip().startswith("--")]
+        lines = [ln for ln in body.strip().splitlines() if not ln.lstrip().startswith(comment)]
         if name in queries:
-            raise ValueError(f"duplicate query name {name!r}")
+            raise ValueError(f"duplicate statement name {name!r}")
         queries[name] = "\n".join(lines).strip().rstrip(";")
     return queries
 

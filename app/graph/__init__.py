@@ -1,0 +1,1 @@
+"""The graph side: the projector interface and its Neo4j implementation."""

@@ -1,0 +1,139 @@
+"""Neo4j implementation of the graph store, over the official driver and named Cypher."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+import neo4j
+import neo4j.exceptions as nx
+from neo4j import GraphDatabase, ManagedTransaction
+
+from app.db.sql import parse
+from app.errors import GraphError, GraphUnavailable
+from app.graph.projector import (
+    GraphCounts,
+    GraphMemory,
+    MemoryProjection,
+    ProjectResult,
+)
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@cache
+def cypher() -> dict[str, str]:
+    return parse((Path(__file__).parent / "queries.cypher").read_text(), comment="//")
+
+
+def c(name: str) -> str:
+    """The named Cypher statement."""
+    return cypher()[name]
+
+
+def convert(exc: Exception) -> GraphError:
+    """Map a driver error onto our tree; transient and connection errors are retryable."""
+    message = f"Neo4j {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
+    if isinstance(exc, nx.ServiceUnavailable | nx.SessionExpired | nx.TransientError
+                  | nx.DriverError | OSError):
+        return GraphUnavailable(message)
+    return GraphError(message)
+
+
+class Neo4jGraph:
+    """The projection in Neo4j. Each batch is one write transaction (atomic)."""
+
+    def __init__(self, settings: Settings, *, driver: neo4j.Driver | None = None) -> None:
+        self.database = settings.neo4j_database
+        self.driver = driver or GraphDatabase.driver(
+            settings.neo4j_uri,
+            auth=(settings.neo4j_user, settings.neo4j_password.get_secret_value()),
+            # Fail fast: the outbox row keeps the durable retry schedule, not the driver.
+            connection_timeout=5.0,
+            max_transaction_retry_time=5.0,
+            connection_acquisition_timeout=10.0,
+            max_connection_pool_size=50,
+        )
+        self._schema_ready = False
+
+    def _run(self, work: Callable[[], T]) -> T:
+        try:
+            return work()
+        except (nx.Neo4jError, nx.DriverError, OSError) as exc:
+            raise convert(exc) from exc
+
+    def _write(self, fn: Callable[[ManagedTransaction], T]) -> T:
+        def work() -> T:
+            with self.driver.session(database=self.database) as session:
+                return session.execute_write(fn)
+        return self._run(work)
+
+    def _read(self, fn: Callable[[ManagedTransaction], T]) -> T:
+        def work() -> T:
+            with self.driver.session(database=self.database) as session:
+                return session.execute_read(fn)
+        return self._run(work)
+
+    def ensure_schema(self) -> None:
+        for statement in c("schema").split(";"):
+            if statement.strip():
+                self._run(lambda s=statement: self.driver.execute_query(  # type: ignore[misc]
+                    s.strip(), database_=self.database))
+        self._schema_ready = True
+
+    def project(self, batch: list[MemoryProjection]) -> ProjectResult:
+        if not batch:
+            return ProjectResult()
+        if not self._schema_ready:  # e.g. Neo4j was down when the worker started
+            self.ensure_schema()
+        rows = [p.as_params() for p in sorted(batch, key=lambda p: p.id)]
+
+        def tx(t: ManagedTransaction) -> tuple[list[str], int]:
+            records = list(t.run(c("project_batch"), rows=rows))
+            applied = [r["id"] for r in records]
+            old = sorted({k for r in records for k in r["old_keys"]})
+            removed = 0
+            if old:
+                removed = t.run(c("remove_orphan_entities"), keys=old).single(strict=True)[
+                    "removed"]
+            return applied, int(removed)
+
+        applied, removed = self._write(tx)
+        done = set(applied)
+        return ProjectResult(applied=applied, fenced=[p.id for p in batch if p.id not in done],
+                             orphans_removed=removed)
+
+    def snapshot(self, ids: list[str]) -> dict[str, GraphMemory]:
+        def tx(t: ManagedTransaction) -> list[Any]:
+            return list(t.run(c("memory_snapshot"), ids=ids))
+
+        return {
+            r["id"]: GraphMemory(r["id"], r["user_id"], r["version"], r["deleted"],
+                                 frozenset(r["entity_keys"]))
+            for r in self._read(tx)
+        }
+
+    def prune_tombstones(self, ids: list[str]) -> int:
+        def tx(t: ManagedTransaction) -> int:
+            return int(t.run(c("prune_tombstones"), ids=ids).single(strict=True)["removed"])
+
+        return self._write(tx) if ids else 0
+
+    def counts(self) -> GraphCounts:
+        def tx(t: ManagedTransaction) -> Any:
+            return t.run(c("counts")).single(strict=True)
+
+        r = self._read(tx)
+        return GraphCounts(r["memories"], r["tombstones"], r["entities"], r["mentions"],
+                           r["relations"])
+
+    def ping(self) -> None:
+        self._run(self.driver.verify_connectivity)
+
+    def close(self) -> None:
+        self.driver.close()

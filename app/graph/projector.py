@@ -1,0 +1,106 @@
+"""What the workers need from a graph store, as a small interface.
+
+Two implementations are held to one conformance suite (tests/integration/test_graph_conformance):
+``Neo4jGraph`` (app/graph/neo4j.py) and the in-memory ``FakeGraph`` (app/testing.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class EntityRow:
+    key: str
+    name: str
+    type: str
+
+
+@dataclass(frozen=True)
+class RelationRow:
+    source: str  # entity key
+    target: str  # entity key
+    predicate: str
+
+
+@dataclass(frozen=True)
+class MemoryProjection:
+    """The state of one memory to project: its current version in Postgres, never a payload."""
+
+    id: str
+    user_id: str
+    version: int
+    deleted: bool
+    importance: int = 5
+    content_hash: str = ""
+    entities: tuple[EntityRow, ...] = ()
+    relations: tuple[RelationRow, ...] = ()
+
+    def as_params(self) -> dict[str, object]:
+        # Sorted so concurrent batches lock shared entities in one order (fewer deadlocks).
+        return {
+            "id": self.id, "user_id": self.user_id, "version": self.version,
+            "deleted": self.deleted, "importance": self.importance,
+            "content_hash": self.content_hash,
+            "entities": [{"key": e.key, "name": e.name, "type": e.type}
+                         for e in sorted(self.entities, key=lambda e: e.key)],
+            "relations": [{"source": r.source, "target": r.target, "predicate": r.predicate}
+                          for r in sorted(self.relations,
+                                          key=lambda r: (r.source, r.target, r.predicate))],
+        }
+
+
+@dataclass(frozen=True)
+class ProjectResult:
+    applied: list[str] = field(default_factory=list)  # memory ids written at their new version
+    fenced: list[str] = field(default_factory=list)  # memory ids the graph already had as new
+    orphans_removed: int = 0
+
+
+@dataclass(frozen=True)
+class GraphMemory:
+    """A memory as the graph has it."""
+
+    id: str
+    user_id: str
+    version: int
+    deleted: bool
+    entity_keys: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class GraphCounts:
+    memories: int
+    tombstones: int
+    entities: int
+    mentions: int
+    relations: int
+
+
+class GraphStore(Protocol):
+    def ensure_schema(self) -> None:
+        """Create constraints and indexes (idempotent)."""
+
+    def project(self, batch: list[MemoryProjection]) -> ProjectResult:
+        """Apply a batch atomically, version-fenced: never regress, never resurrect.
+
+        For each row newer than the graph's version: set the version and tombstone flag,
+        replace the memory's MENTIONS and relationships, then remove every entity the batch
+        left unmentioned. Rows not newer are reported as fenced and change nothing.
+        """
+
+    def snapshot(self, ids: list[str]) -> dict[str, GraphMemory]:
+        """The graph's state of these memories (absent ids are not in the graph)."""
+
+    def prune_tombstones(self, ids: list[str]) -> int:
+        """Remove these memories' tombstones (only nodes marked deleted); returns the count."""
+
+    def counts(self) -> GraphCounts:
+        """Node and relationship counts."""
+
+    def ping(self) -> None:
+        """Raise GraphUnavailable unless the graph answers."""
+
+    def close(self) -> None:
+        """Release connections."""

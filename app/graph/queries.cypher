@@ -1,0 +1,97 @@
+// Every Cypher statement of the project, by name; loaded by app/graph/neo4j.py.
+// All values are parameters; labels and relationship types are constants written here.
+
+// schema //
+// Uniqueness constraints and lookup indexes, idempotent; one statement per line.
+CREATE CONSTRAINT memory_id IF NOT EXISTS FOR (m:Memory) REQUIRE m.id IS UNIQUE;
+CREATE CONSTRAINT entity_key IF NOT EXISTS FOR (e:Entity) REQUIRE e.key IS UNIQUE;
+CREATE INDEX memory_user IF NOT EXISTS FOR (m:Memory) ON (m.user_id);
+CREATE INDEX entity_user IF NOT EXISTS FOR (e:Entity) ON (e.user_id);
+CREATE INDEX related_memory IF NOT EXISTS FOR ()-[r:RELATED]-() ON (r.memory_id)
+
+// project_batch //
+// Version-fenced projection of a batch of memories. A row whose version is not newer than the
+// node's is skipped, so duplicates and late, out-of-order deliveries change nothing; a delete
+// leaves the node as a tombstone (deleted = true) that fences older versions out.
+// Returns the applied rows and the entity keys they stopped mentioning.
+UNWIND $rows AS row
+MERGE (m:Memory {id: row.id})
+  ON CREATE SET m.user_id = row.user_id, m.version = 0
+WITH m, row
+WHERE m.user_id = row.user_id AND m.version < row.version
+SET m.version = row.version, m.deleted = row.deleted, m.importance = row.importance,
+    m.content_hash = row.content_hash, m.projected_at = datetime()
+WITH m, row
+CALL (m) {
+  OPTIONAL MATCH (m)-[r:MENTIONS]->(e:Entity)
+  DELETE r
+  RETURN collect(e.key) AS old_keys
+}
+CALL (m) {
+  OPTIONAL MATCH (:Entity)-[r:RELATED {memory_id: m.id}]->(:Entity)
+  DELETE r
+}
+CALL (m, row) {
+  UNWIND row.entities AS ent
+  MERGE (e:Entity {key: ent.key})
+    ON CREATE SET e.user_id = row.user_id, e.name = ent.name, e.type = ent.type
+  MERGE (m)-[:MENTIONS]->(e)
+}
+CALL (m, row) {
+  UNWIND row.relations AS rel
+  MATCH (a:Entity {key: rel.source}), (b:Entity {key: rel.target})
+  WHERE a.user_id = row.user_id AND b.user_id = row.user_id
+  CREATE (a)-[:RELATED {predicate: rel.predicate, memory_id: m.id, user_id: row.user_id}]->(b)
+}
+RETURN m.id AS id, old_keys
+
+// remove_orphan_entities //
+// Entities no memory mentions any more (among those a batch stopped mentioning).
+UNWIND $keys AS key
+MATCH (e:Entity {key: key})
+WHERE NOT (e)<-[:MENTIONS]-()
+DETACH DELETE e
+RETURN count(*) AS removed
+
+// memory_versions //
+// Projected version and tombstone state of some memories.
+UNWIND $ids AS id
+MATCH (m:Memory {id: id})
+RETURN m.id AS id, m.user_id AS user_id, m.version AS version, coalesce(m.deleted, false) AS deleted
+
+// memory_snapshot //
+// Projected state of a page of memories: version, tombstone flag and the entity keys mentioned.
+UNWIND $ids AS id
+MATCH (m:Memory {id: id})
+OPTIONAL MATCH (m)-[:MENTIONS]->(e:Entity)
+RETURN m.id AS id, m.user_id AS user_id, m.version AS version,
+       coalesce(m.deleted, false) AS deleted, collect(e.key) AS entity_keys
+
+// prune_tombstones //
+// Remove tombstones the caller has proved safe (no outbox row outstanding, retention passed).
+UNWIND $ids AS id
+MATCH (m:Memory {id: id})
+WHERE m.deleted = true
+DETACH DELETE m
+RETURN count(*) AS removed
+
+// clear_user //
+// Remove one user's whole projection (rebuild).
+MATCH (n)
+WHERE (n:Memory OR n:Entity) AND n.user_id = $user_id
+CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 5000 ROWS
+
+// clear_all //
+// Remove the whole projection (rebuild of every user).
+MATCH (n)
+WHERE n:Memory OR n:Entity
+CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 5000 ROWS
+
+// counts //
+// Node and relationship counts for stats.
+CALL () { MATCH (m:Memory) WHERE coalesce(m.deleted, false) = false RETURN count(m) AS memories }
+CALL () { MATCH (m:Memory) WHERE m.deleted = true RETURN count(m) AS tombstones }
+CALL () { MATCH (e:Entity) RETURN count(e) AS entities }
+CALL () { MATCH ()-[r:MENTIONS]->() RETURN count(r) AS mentions }
+CALL () { MATCH ()-[r:RELATED]->() RETURN count(r) AS relations }
+RETURN memories, tombstones, entities, mentions, relations
