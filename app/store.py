@@ -36,6 +36,7 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 MAX_USER_ID = 128
+SearchResults = list[ScoredMemory]  # named here: MemoryService.list shadows the builtin inside
 MAX_PAGE = 500
 MAX_TOP_K = 100
 
@@ -204,7 +205,8 @@ class MemoryService:
         checked = [self._validated(i) for i in items]
         vectors = self.embedder.embed([i.content for i in checked])
         with self.db.transaction() as conn:
-            return [self._insert(conn, user_id, i, v) for i, v in zip(checked, vectors, strict=True)]
+            return [self._insert(conn, user_id, item, vector)
+                    for item, vector in zip(checked, vectors, strict=True)]
 
     def _missing_or_conflict(self, conn: Connection, user_id: str, memory_id: uuid.UUID,
                              expected_version: int | None) -> Exception:
@@ -297,7 +299,7 @@ class MemoryService:
 
     def search(self, user_id: str, query: str, *, top_k: int = 10,
                metadata: dict[str, Any] | None = None, min_importance: int = 1,
-               ) -> list[ScoredMemory]:
+               ) -> SearchResults:
         """Semantic search over one user's live memories, best first, with cosine scores."""
         user_id = _check_user(user_id)
         if not isinstance(query, str) or not query.strip():

@@ -20,7 +20,7 @@ def build_broker(settings: Settings) -> RedisBroker:
     Dramatiq's Retries middleware is left out on purpose: the outbox row holds the durable
     attempt count and schedule, which a killed worker or a flushed Redis cannot reset.
     """
-    broker = RedisBroker(url=settings.redis_url, middleware=[
+    broker = RedisBroker(url=settings.redis_url, middleware=[  # type: ignore[no-untyped-call]
         AgeLimit(), TimeLimit(), ShutdownNotifications(), Callbacks(), Pipelines(),
     ], namespace="memctl", heartbeat_timeout=int(max(settings.lease_seconds, 10) * 1000))
     return broker

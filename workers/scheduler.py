@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psycopg
+
 from app.db.connector import Database
 from app.db.sql import q
 from app.errors import MemoryPersistenceError

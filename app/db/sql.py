@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sqlalchemy import TextClause, text
 
+
 def parse(source: str, comment: str = "--") -> dict[str, str]:
     """Split a file of named statements into {name: statement}; comment lines are dropped.
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -40,7 +40,7 @@ class WordsExtractor:
         names = list(dict.fromkeys(re.findall(r"\b[A-Z][a-z]+\b", text)))
         entities = [Entity(name=n, type="person") for n in names]
         relations = [Relation(source=a, target=b, predicate="co_mentioned")
-                     for a, b in zip(entities, entities[1:], strict=False)]
+                     for a, b in itertools.pairwise(entities)]
         return Extraction(entities=entities, relations=relations)
 
 
@@ -50,10 +50,10 @@ def extractor() -> WordsExtractor:
 
 
 @pytest.fixture
-def graph(settings: Settings, neo4j_driver: Driver) -> Iterator[Neo4jGraph]:
+def graph(settings: Settings, neo4j_driver: Driver) -> Neo4jGraph:
     g = Neo4jGraph(settings, driver=neo4j_driver)
     g.ensure_schema()
-    yield g
+    return g
 
 
 @pytest.fixture
@@ -250,7 +250,8 @@ def test_users_graphs_never_touch(service: MemoryService, projector: Projector, 
         "MATCH (e:Entity) RETURN e.user_id AS u, e.name AS n ORDER BY u")
     assert [(r["u"], r["n"]) for r in records] == [("alice", "Kate"), ("bob", "Kate")]
     cross, _, _ = neo4j_driver.execute_query(
-        "MATCH (m:Memory)-[:MENTIONS]->(e:Entity) WHERE m.user_id <> e.user_id RETURN count(*) AS n")
+        "MATCH (m:Memory)-[:MENTIONS]->(e:Entity) WHERE m.user_id <> e.user_id "
+        "RETURN count(*) AS n")
     assert cross[0]["n"] == 0
     service.delete("bob", b.id)
     drain(projector, db)

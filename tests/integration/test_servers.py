@@ -23,7 +23,8 @@ def test_postgres_is_18_with_pgvector(test_servers: TestServers) -> None:
 
 def test_migrated_template_has_the_vector_extension(test_servers: TestServers) -> None:
     with psycopg.connect(test_servers.admin_dsn("memory_template")) as conn:
-        row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+        row = conn.execute(
+            "SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
         distance = conn.execute("SELECT '[1,0]'::vector <=> '[0,1]'::vector").fetchone()
     assert row is not None
     assert distance is not None and distance[0] == 1.0
