@@ -12,7 +12,8 @@ import sys
 
 from app.settings import Settings
 
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message", "asctime", "color_message"}  # uvicorn's coloured copy of the message
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',]+")
 
 

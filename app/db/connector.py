@@ -17,11 +17,22 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 
+# SQLSTATE classes that mean "cannot reach or use the server now", not "bad statement":
+# 08 connection exception, 53 insufficient resources, 57P0x shutdown/crash, 40001/40P01
+# serialization failure and deadlock.
+_UNAVAILABLE = ("08", "53", "57P", "40001", "40P01")
+
+
 def convert(exc: sqlalchemy.exc.SQLAlchemyError) -> StoreError:
     """Map a SQLAlchemy/psycopg error onto our tree (the driver error stays as __cause__)."""
-    if isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError) or (
-        isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated
-    ):
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    unavailable = (
+        isinstance(exc, sqlalchemy.exc.InterfaceError)
+        or (isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated)
+        or (isinstance(exc, sqlalchemy.exc.OperationalError)
+            and (sqlstate is None or sqlstate.startswith(_UNAVAILABLE)))
+    )
+    if unavailable:
         return StoreUnavailable(f"Postgres unavailable: {_first_line(exc)}")
     return StoreError(f"Postgres error: {_first_line(exc)}")
 

@@ -232,3 +232,147 @@ WHERE m.id = ANY(:ids) AND m.deleted_at IS NOT NULL
 -- try_scheduler_lock --
 -- Only one scheduler acts: a session-level advisory lock held while it runs.
 SELECT pg_try_advisory_lock(hashtextextended('memctl-scheduler', 0));
+
+-- queue_resync --
+-- Repair through the normal path: an outbox event for each memory at its current version.
+INSERT INTO outbox (memory_id, user_id, memory_version, event_type)
+SELECT id, user_id, version, 'resync' FROM memories WHERE id = ANY(:ids)
+RETURNING id;
+
+-- check_page --
+-- A page of memories in id order (keyset) with what the check compares.
+SELECT m.id, m.user_id, m.version, m.deleted_at, m.entities, m.extracted_hash, m.content_hash,
+       EXISTS (SELECT 1 FROM outbox o WHERE o.memory_id = m.id
+               AND o.status IN ('pending', 'in_flight')) AS in_transit
+FROM memories m
+WHERE m.id > CAST(:after AS uuid) AND (CAST(:user_id AS text) IS NULL OR m.user_id = :user_id)
+ORDER BY m.id
+LIMIT :limit;
+
+-- memories_known --
+-- Which of these ids Postgres has (live or deleted), and whether they are in transit.
+SELECT m.id, m.deleted_at,
+       EXISTS (SELECT 1 FROM outbox o WHERE o.memory_id = m.id
+               AND o.status IN ('pending', 'in_flight')) AS in_transit
+FROM memories m WHERE m.id = ANY(CAST(:ids AS uuid[]));
+
+-- check_run_start --
+-- Record the start of a consistency check.
+INSERT INTO check_runs (scope) VALUES (:scope) RETURNING id, started_at;
+
+-- check_run_finish --
+-- Record a check's totals.
+UPDATE check_runs SET finished_at = now(), checked = :checked, found = :found,
+       result = CAST(:result AS jsonb)
+WHERE id = :id;
+
+-- upsert_inconsistency --
+-- Store a finding once: a repeat sighting only refreshes last_seen_at and details.
+INSERT INTO inconsistencies (kind, user_id, memory_id, entity_key, fingerprint, details)
+VALUES (:kind, :user_id, CAST(:memory_id AS uuid), :entity_key, :fingerprint,
+        CAST(:details AS jsonb))
+ON CONFLICT (fingerprint) WHERE resolved_at IS NULL
+DO UPDATE SET last_seen_at = now(), details = EXCLUDED.details;
+
+-- resolve_unseen --
+-- Open findings in scope that this complete check no longer saw are resolved.
+UPDATE inconsistencies SET resolved_at = now()
+WHERE resolved_at IS NULL AND last_seen_at < :since
+  AND (CAST(:user_id AS text) IS NULL OR user_id = :user_id);
+
+-- resolve_fingerprints --
+-- Mark findings fixed directly by a repair as resolved.
+UPDATE inconsistencies SET resolved_at = now()
+WHERE resolved_at IS NULL AND fingerprint = ANY(:fingerprints);
+
+-- open_inconsistencies --
+-- Unresolved findings, oldest first, optionally of one user.
+SELECT id, kind, user_id, memory_id, entity_key, fingerprint, details, detected_at, last_seen_at
+FROM inconsistencies
+WHERE resolved_at IS NULL AND (CAST(:user_id AS text) IS NULL OR user_id = :user_id)
+ORDER BY id
+LIMIT :limit;
+
+-- rebuild_page --
+-- A page of memories for a rebuild, in id order, with their cached extraction.
+SELECT m.id AS memory_id, m.user_id AS memory_user_id, m.version, m.deleted_at, m.importance,
+       m.content, m.content_hash, m.entities, m.extractor, m.extracted_hash
+FROM memories m
+WHERE m.id > CAST(:after AS uuid) AND (CAST(:user_id AS text) IS NULL OR m.user_id = :user_id)
+ORDER BY m.id
+LIMIT :limit;
+
+-- outbox_stats --
+-- Outbox rows per status and the age of the oldest due row (the projection lag).
+SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
+       count(*) FILTER (WHERE status = 'in_flight') AS in_flight,
+       count(*) FILTER (WHERE status = 'done') AS done,
+       count(*) FILTER (WHERE status = 'dead') AS dead,
+       COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)
+                FILTER (WHERE status IN ('pending', 'in_flight'))), 0) AS oldest_open_seconds,
+       count(*) FILTER (WHERE status = 'in_flight' AND lease_expires_at < now()) AS expired_leases
+FROM outbox;
+
+-- dead_letter_stats --
+-- Dead letters by state.
+SELECT count(*) FILTER (WHERE status = 'dead') AS open,
+       count(*) FILTER (WHERE status = 'replayed') AS replayed,
+       count(*) FILTER (WHERE status = 'discarded') AS discarded
+FROM dead_letters;
+
+-- inconsistency_stats --
+-- Open inconsistencies by kind.
+SELECT kind, count(*) AS n FROM inconsistencies WHERE resolved_at IS NULL GROUP BY kind;
+
+-- last_check_run --
+-- The most recent finished check.
+SELECT id, scope, started_at, finished_at, checked, found, result
+FROM check_runs WHERE finished_at IS NOT NULL ORDER BY id DESC LIMIT 1;
+
+-- list_dead_letters --
+-- A page of dead letters, newest first (keyset on id), with optional filters.
+SELECT id, outbox_id, memory_id, user_id, event_type, memory_version, attempts, last_error,
+       status, created_at, resolved_at, resolved_by, resolution_note
+FROM dead_letters
+WHERE (CAST(:status AS text) IS NULL OR status = :status)
+  AND (CAST(:user_id AS text) IS NULL OR user_id = :user_id)
+  AND (CAST(:event_type AS text) IS NULL OR event_type = :event_type)
+  AND (CAST(:error AS text) IS NULL OR last_error ILIKE '%' || :error || '%')
+  AND (CAST(:since AS timestamptz) IS NULL OR created_at >= :since)
+  AND (CAST(:until AS timestamptz) IS NULL OR created_at < :until)
+  AND (CAST(:before_id AS bigint) IS NULL OR id < :before_id)
+ORDER BY id DESC
+LIMIT :limit;
+
+-- get_dead_letter --
+-- One dead letter with its full error history.
+SELECT id, outbox_id, memory_id, user_id, event_type, memory_version, attempts, last_error,
+       errors, status, created_at, resolved_at, resolved_by, resolution_note
+FROM dead_letters WHERE id = :id;
+
+-- replay_dead_letters --
+-- Send dead letters back: their outbox rows return to pending with attempts reset, and each
+-- dead letter records that it was replayed and by whom.
+WITH chosen AS (
+    SELECT id, outbox_id FROM dead_letters
+    WHERE status = 'dead' AND id = ANY(:ids)
+    FOR UPDATE
+), revived AS (
+    UPDATE outbox o
+    SET status = 'pending', attempts = 0, next_attempt_at = now(), lease_expires_at = NULL,
+        updated_at = now()
+    FROM chosen WHERE o.id = chosen.outbox_id AND o.status = 'dead'
+    RETURNING o.id
+)
+UPDATE dead_letters d
+SET status = 'replayed', resolved_at = now(), resolved_by = :actor,
+    resolution_note = :note
+FROM chosen WHERE d.id = chosen.id
+RETURNING d.id;
+
+-- discard_dead_letter --
+-- Close a dead letter without replaying it; the reason is kept. The outbox row stays dead.
+UPDATE dead_letters
+SET status = 'discarded', resolved_at = now(), resolved_by = :actor, resolution_note = :reason
+WHERE id = :id AND status = 'dead'
+RETURNING id;

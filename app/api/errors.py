@@ -1,0 +1,172 @@
+"""Map the project's error tree (and FastAPI's own errors) onto one JSON error shape.
+
+Every error answer has the body ``{"error": {"code": ..., "message": ..., "field": ...}}``;
+``field`` is null when no single input is at fault. Messages never echo request values, so a key
+or a piece of content sent by mistake cannot come back in a body (or a log line built from it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.embeddings import EmbeddingError
+from app.errors import (
+    ConfigError,
+    IdempotencyConflict,
+    MemoryPersistenceError,
+    NotFound,
+    StoreError,
+    StoreUnavailable,
+    ValidationError,
+    VersionConflict,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Unauthorized(MemoryPersistenceError):
+    """No API key, or one that is not configured (HTTP 401)."""
+
+
+class Forbidden(MemoryPersistenceError):
+    """A valid key whose scope does not allow this route (HTTP 403)."""
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable error code.")
+    message: str = Field(description="What went wrong; names the offending field if any.")
+    field: str | None = Field(default=None, description="The input at fault, if one is.")
+    current_version: int | None = Field(
+        default=None, description="On version_conflict: the memory's current version.")
+
+
+class ErrorBody(BaseModel):
+    """The body of every error answer."""
+
+    error: ErrorDetail
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None, *,
+                   headers: Mapping[str, str] | None = None, **extra: Any) -> JSONResponse:
+    """One error answer in the common shape."""
+    detail: dict[str, Any] = {"code": code, "message": message, "field": field, **extra}
+    return JSONResponse({"error": detail}, status_code=status, headers=headers)
+
+
+def _responses(*pairs: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorBody, "description": text} for status, text in pairs}
+
+
+# OpenAPI documentation of the error answers, for the routes to pick from.
+AUTH_ERRORS = _responses((401, "Missing or unknown API key"),
+                         (422, "Invalid input; `field` names it"),
+                         (503, "Postgres (or the embedding backend) is unavailable; retry"))
+NOT_FOUND = _responses((404, "No such memory for this user"))
+CONFLICT = _responses((409, "Stale version; the body carries `current_version`"))
+FORBIDDEN = _responses((403, "The key's scope does not allow this route"))
+
+
+def _field_of(loc: Sequence[int | str]) -> str | None:
+    """``("body", "metadata", "x")`` -> ``"metadata.x"``; the location kind is dropped."""
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header", "cookie"):
+        kind, parts = parts[0], parts[1:]
+        if kind == "header":
+            parts = ["-".join(w.capitalize() for w in p.split("-")) for p in parts]
+    return ".".join(parts) or ("body" if loc and loc[0] == "body" else None)
+
+
+def _describe(error: dict[str, Any]) -> tuple[str | None, str]:
+    field = _field_of(error.get("loc", ()))
+    kind = error.get("type", "")
+    if kind == "extra_forbidden":
+        return field, f"{field}: unknown field"
+    if kind == "json_invalid":
+        return "body", "body: not valid JSON"
+    if kind == "missing":
+        return field, f"{field}: field required"
+    # pydantic's message describes the rule, never the value, so it is safe to pass on.
+    return field, f"{field or 'request'}: {error.get('msg', 'invalid value')}"
+
+
+async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    described = [_describe(e) for e in exc.errors()]
+    if not described:  # pragma: no cover - FastAPI always reports at least one
+        return error_response(422, "validation_error", "invalid request")
+    field = described[0][0]
+    message = "; ".join(text for _, text in described)
+    return error_response(422, "validation_error", message, field)
+
+
+async def _memory_error(request: Request, exc: Exception) -> JSONResponse:
+    """Our own errors: each class answers with its status; internals stay in the log."""
+    assert isinstance(exc, MemoryPersistenceError)
+    if isinstance(exc, ValidationError):
+        return error_response(422, "validation_error", str(exc), exc.field)
+    if isinstance(exc, IdempotencyConflict):
+        return error_response(422, "idempotency_conflict", str(exc), "Idempotency-Key")
+    if isinstance(exc, NotFound):
+        # The same words for a missing memory and another user's: nothing to tell them apart.
+        return error_response(404, "not_found", "memory not found")
+    if isinstance(exc, VersionConflict):
+        return error_response(409, "version_conflict", str(exc), "expected_version",
+                              current_version=exc.current_version)
+    if isinstance(exc, Unauthorized):
+        return error_response(401, "unauthorized", str(exc),
+                              headers={"WWW-Authenticate": "Bearer"})
+    if isinstance(exc, Forbidden):
+        return error_response(403, "forbidden", str(exc))
+    if isinstance(exc, StoreUnavailable):
+        log.warning("postgres unavailable", extra={"action": "api.store_unavailable",
+                                                   "path": request.url.path})
+        return error_response(503, "store_unavailable", "the database is unavailable; retry",
+                              headers={"Retry-After": "1"})
+    if isinstance(exc, EmbeddingError):
+        log.warning("embedding backend failed", extra={"action": "api.embedding_unavailable",
+                                                       "path": request.url.path})
+        return error_response(503, "embedding_unavailable",
+                              "the embedding backend is unavailable; retry",
+                              headers={"Retry-After": "1"})
+    if isinstance(exc, StoreError | ConfigError) or not exc.retryable:
+        log.error("request failed: %s", exc, extra={"action": "api.error",
+                                                    "path": request.url.path})
+        return error_response(500, "internal_error", "internal error")
+    log.warning("request failed: %s", exc, extra={"action": "api.unavailable",
+                                                  "path": request.url.path})
+    return error_response(503, "unavailable", "a backend is unavailable; retry",
+                          headers={"Retry-After": "1"})
+
+
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 406: "not_acceptable", 413: "payload_too_large",
+               415: "unsupported_media_type"}
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own errors (unknown route, wrong method) in the common shape."""
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+    return error_response(exc.status_code, code, message, headers=exc.headers)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", extra={"action": "api.unhandled", "path": request.url.path})
+    return error_response(500, "internal_error", "internal error")
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers on ``app``."""
+    app.add_exception_handler(RequestValidationError, _request_validation)
+    app.add_exception_handler(MemoryPersistenceError, _memory_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
