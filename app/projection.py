@@ -10,6 +10,7 @@ Guarantees (DESIGN invariants 2, 3, 5):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -135,7 +136,10 @@ class Projector:
                                                           "memory_id": memory_id})
                 self._fail(memory_rows, ExtractionError(f"extractor crashed: {exc!r}"), outcome)
                 continue
-            batch[memory_id] = projection_from_state(state, extraction)
+            projection = projection_from_state(state, extraction)
+            if any(r.event_type == "resync" for r in memory_rows):
+                projection = dataclasses.replace(projection, force=True)
+            batch[memory_id] = projection
 
         if batch:
             self._project(batch, by_memory, outcome)

@@ -51,7 +51,8 @@ class FakeGraph:
             applied, fenced, old = [], [], set()
             for p in sorted(batch, key=lambda p: p.id):
                 node = self.memories.setdefault(p.id, _Node(user_id=p.user_id))
-                if node.user_id != p.user_id or node.version >= p.version:
+                newer = node.version < p.version or (p.force and node.version == p.version)
+                if node.user_id != p.user_id or not newer:
                     fenced.append(p.id)
                     continue
                 node.version, node.deleted = p.version, p.deleted
@@ -93,6 +94,67 @@ class FakeGraph:
             relations=sum(len(n.relations) for n in self.memories.values()),
         )
 
+    def memory_page(self, after: str, limit: int, user_id: str | None = None
+                    ) -> list[GraphMemory]:
+        self._check()
+        ids = sorted(i for i, n in self.memories.items()
+                     if i > after and (user_id is None or n.user_id == user_id))[:limit]
+        return [GraphMemory(i, self.memories[i].user_id, self.memories[i].version,
+                            self.memories[i].deleted) for i in ids]
+
+    def orphan_entities(self, user_id: str | None, limit: int) -> list[tuple[str, str]]:
+        self._check()
+        mentioned = {k for n in self.memories.values() for k in n.mentions}
+        return [(k, e["user_id"]) for k, e in self.entities.items()
+                if k not in mentioned and (user_id is None or e["user_id"] == user_id)][:limit]
+
+    def cross_user_edges(self, user_id: str | None, limit: int) -> list[dict[str, str]]:
+        self._check()
+        found = []
+        for mid, n in self.memories.items():
+            for k in n.mentions:
+                other = self.entities[k]["user_id"]
+                if other != n.user_id and (user_id in (None, n.user_id, other)):
+                    found.append({"memory_id": mid, "user_id": n.user_id, "other_user": other,
+                                  "detail": f"MENTIONS {k}"})
+        return found[:limit]
+
+    def remove_memories(self, ids: list[str]) -> int:
+        self._check()
+        with self._lock:
+            old = set()
+            for i in ids:
+                node = self.memories.pop(i, None)
+                if node is not None:
+                    old |= node.mentions
+            mentioned = {k for n in self.memories.values() for k in n.mentions}
+            for k in old - mentioned:
+                self.entities.pop(k, None)
+        return len(ids)
+
+    def remove_orphan_entities(self, keys: list[str]) -> int:
+        self._check()
+        with self._lock:
+            mentioned = {k for n in self.memories.values() for k in n.mentions}
+            gone = [k for k in keys if k in self.entities and k not in mentioned]
+            for k in gone:
+                del self.entities[k]
+            return len(gone)
+
+    def remove_cross_user_edges(self) -> None:
+        self._check()
+        with self._lock:
+            for n in self.memories.values():
+                n.mentions = {k for k in n.mentions if self.entities[k]["user_id"] == n.user_id}
+
+    def clear(self, user_id: str | None) -> None:
+        self._check()
+        with self._lock:
+            for i in [i for i, n in self.memories.items() if user_id in (None, n.user_id)]:
+                del self.memories[i]
+            for k in [k for k, e in self.entities.items() if user_id in (None, e["user_id"])]:
+                del self.entities[k]
+
     def ping(self) -> None:
         self._check()
 
@@ -125,6 +187,10 @@ class FailingGraph:
 
     def counts(self) -> GraphCounts:
         return self.inner.counts()
+
+    def __getattr__(self, name: str) -> object:
+        # Everything but project() goes straight to the wrapped store.
+        return getattr(self.inner, name)
 
     def ping(self) -> None:
         self.inner.ping()

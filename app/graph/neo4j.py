@@ -132,6 +132,65 @@ class Neo4jGraph:
         return GraphCounts(r["memories"], r["tombstones"], r["entities"], r["mentions"],
                            r["relations"])
 
+    def memory_page(self, after: str, limit: int, user_id: str | None = None
+                    ) -> list[GraphMemory]:
+        def tx(t: ManagedTransaction) -> list[Any]:
+            return list(t.run(c("memory_page"), after=after, limit=limit, user_id=user_id))
+
+        return [GraphMemory(r["id"], r["user_id"], r["version"], r["deleted"])
+                for r in self._read(tx)]
+
+    def orphan_entities(self, user_id: str | None, limit: int) -> list[tuple[str, str]]:
+        def tx(t: ManagedTransaction) -> list[Any]:
+            return list(t.run(c("orphan_entities"), user_id=user_id, limit=limit))
+
+        return [(r["key"], r["user_id"]) for r in self._read(tx)]
+
+    def cross_user_edges(self, user_id: str | None, limit: int) -> list[dict[str, str]]:
+        def tx(t: ManagedTransaction) -> list[dict[str, str]]:
+            found = [
+                {"memory_id": r["memory_id"], "user_id": r["user_id"],
+                 "other_user": r["other_user"], "detail": f"MENTIONS {r['entity_key']}"}
+                for r in t.run(c("cross_user_mentions"), user_id=user_id, limit=limit)
+            ]
+            found += [
+                {"memory_id": r["memory_id"], "user_id": r["user_id"],
+                 "other_user": r["other_user"], "detail": f"RELATED {r['source']}->{r['target']}"}
+                for r in t.run(c("cross_user_relations"), user_id=user_id, limit=limit)
+            ]
+            return found
+
+        return self._read(tx)
+
+    def remove_memories(self, ids: list[str]) -> int:
+        def tx(t: ManagedTransaction) -> int:
+            keys = sorted({k for r in t.run(c("remove_memories"), ids=ids) for k in r["keys"]})
+            if keys:
+                t.run(c("remove_orphan_entities"), keys=keys).consume()
+            return len(ids)
+
+        return self._write(tx) if ids else 0
+
+    def remove_orphan_entities(self, keys: list[str]) -> int:
+        def tx(t: ManagedTransaction) -> int:
+            return int(t.run(c("remove_orphan_entities"), keys=keys).single(strict=True)[
+                "removed"])
+
+        return self._write(tx) if keys else 0
+
+    def remove_cross_user_edges(self) -> None:
+        self._write(lambda t: t.run(c("remove_cross_user_edges")).consume())
+
+    def clear(self, user_id: str | None) -> None:
+        # CALL ... IN TRANSACTIONS needs an auto-commit transaction (session.run).
+        def work() -> None:
+            with self.driver.session(database=self.database) as session:
+                if user_id is None:
+                    session.run(c("clear_all")).consume()
+                else:
+                    session.run(c("clear_user"), user_id=user_id).consume()
+        self._run(work)
+
     def ping(self) -> None:
         self._run(self.driver.verify_connectivity)
 

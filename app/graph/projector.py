@@ -36,13 +36,16 @@ class MemoryProjection:
     content_hash: str = ""
     entities: tuple[EntityRow, ...] = ()
     relations: tuple[RelationRow, ...] = ()
+    # Re-project even at the graph's own version (repair/rebuild of a tampered graph). Safe:
+    # the state is the current one for that version, so it can only correct, never regress.
+    force: bool = False
 
     def as_params(self) -> dict[str, object]:
         # Sorted so concurrent batches lock shared entities in one order (fewer deadlocks).
         return {
             "id": self.id, "user_id": self.user_id, "version": self.version,
             "deleted": self.deleted, "importance": self.importance,
-            "content_hash": self.content_hash,
+            "content_hash": self.content_hash, "force": self.force,
             "entities": [{"key": e.key, "name": e.name, "type": e.type}
                          for e in sorted(self.entities, key=lambda e: e.key)],
             "relations": [{"source": r.source, "target": r.target, "predicate": r.predicate}
@@ -98,6 +101,28 @@ class GraphStore(Protocol):
 
     def counts(self) -> GraphCounts:
         """Node and relationship counts."""
+
+    def memory_page(self, after: str, limit: int, user_id: str | None = None
+                    ) -> list[GraphMemory]:
+        """Memory nodes with id > ``after`` in id order (entity_keys left empty)."""
+
+    def orphan_entities(self, user_id: str | None, limit: int) -> list[tuple[str, str]]:
+        """(key, user_id) of entities nothing mentions."""
+
+    def cross_user_edges(self, user_id: str | None, limit: int) -> list[dict[str, str]]:
+        """Edges joining two users' data: memory_id, user_id, other_user, detail."""
+
+    def remove_memories(self, ids: list[str]) -> int:
+        """Delete these Memory nodes and their edges, then entities left unmentioned."""
+
+    def remove_orphan_entities(self, keys: list[str]) -> int:
+        """Delete these entities if nothing mentions them."""
+
+    def remove_cross_user_edges(self) -> None:
+        """Delete every edge that joins two users' data."""
+
+    def clear(self, user_id: str | None) -> None:
+        """Delete the whole projection, or one user's."""
 
     def ping(self) -> None:
         """Raise GraphUnavailable unless the graph answers."""

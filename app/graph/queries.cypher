@@ -18,7 +18,8 @@ UNWIND $rows AS row
 MERGE (m:Memory {id: row.id})
   ON CREATE SET m.user_id = row.user_id, m.version = 0
 WITH m, row
-WHERE m.user_id = row.user_id AND m.version < row.version
+WHERE m.user_id = row.user_id
+  AND (m.version < row.version OR (row.force AND m.version = row.version))
 SET m.version = row.version, m.deleted = row.deleted, m.importance = row.importance,
     m.content_hash = row.content_hash, m.projected_at = datetime()
 WITH m, row
@@ -95,3 +96,64 @@ CALL () { MATCH (e:Entity) RETURN count(e) AS entities }
 CALL () { MATCH ()-[r:MENTIONS]->() RETURN count(r) AS mentions }
 CALL () { MATCH ()-[r:RELATED]->() RETURN count(r) AS relations }
 RETURN memories, tombstones, entities, mentions, relations
+
+// memory_page //
+// A page of Memory nodes in id order (keyset), optionally of one user.
+MATCH (m:Memory)
+WHERE m.id > $after AND ($user_id IS NULL OR m.user_id = $user_id)
+RETURN m.id AS id, m.user_id AS user_id, m.version AS version,
+       coalesce(m.deleted, false) AS deleted
+ORDER BY m.id
+LIMIT $limit
+
+// orphan_entities //
+// Entities no memory mentions.
+MATCH (e:Entity)
+WHERE ($user_id IS NULL OR e.user_id = $user_id) AND NOT (e)<-[:MENTIONS]-()
+RETURN e.key AS key, e.user_id AS user_id
+LIMIT $limit
+
+// cross_user_mentions //
+// MENTIONS edges that join a memory to another user's entity.
+MATCH (m:Memory)-[:MENTIONS]->(e:Entity)
+WHERE m.user_id <> e.user_id
+  AND ($user_id IS NULL OR m.user_id = $user_id OR e.user_id = $user_id)
+RETURN m.id AS memory_id, m.user_id AS user_id, e.key AS entity_key, e.user_id AS other_user
+LIMIT $limit
+
+// cross_user_relations //
+// RELATED edges between entities of different users (or stamped with another user).
+MATCH (a:Entity)-[r:RELATED]->(b:Entity)
+WHERE (a.user_id <> b.user_id OR r.user_id <> a.user_id)
+  AND ($user_id IS NULL OR a.user_id = $user_id OR b.user_id = $user_id)
+RETURN r.memory_id AS memory_id, a.user_id AS user_id, a.key AS source, b.key AS target,
+       b.user_id AS other_user
+LIMIT $limit
+
+// remove_memories //
+// Remove Memory nodes Postgres never had, with their edges; returns the entity keys they
+// mentioned so orphans can be removed next.
+UNWIND $ids AS id
+MATCH (m:Memory {id: id})
+CALL (m) {
+  OPTIONAL MATCH (:Entity)-[r:RELATED {memory_id: m.id}]->(:Entity)
+  DELETE r
+}
+CALL (m) {
+  OPTIONAL MATCH (m)-[:MENTIONS]->(e:Entity)
+  RETURN collect(e.key) AS keys
+}
+DETACH DELETE m
+RETURN keys
+
+// remove_cross_user_edges //
+// Remove every edge that joins two users' data.
+CALL () {
+  MATCH (m:Memory)-[r:MENTIONS]->(e:Entity) WHERE m.user_id <> e.user_id DELETE r
+}
+CALL () {
+  MATCH (a:Entity)-[r:RELATED]->(b:Entity)
+  WHERE a.user_id <> b.user_id OR r.user_id <> a.user_id
+  DELETE r
+}
+RETURN 1 AS done
