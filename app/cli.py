@@ -147,7 +147,11 @@ def scheduler() -> None:
     configure_logging(settings)
     db = Database(settings, pool_size=2)
     graph = Neo4jGraph(settings)
-    runner = Scheduler(settings, db, default_tasks(settings, db, graph))
+    from app.consistency import Consistency
+
+    checker = Consistency(settings, db, graph)
+    runner = Scheduler(settings, db, default_tasks(
+        settings, db, graph, check=lambda: checker.check().summary()))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: runner.stop())
     try:
