@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 
+import dramatiq
+
 from app.db.connector import Database
 from app.extraction import make_extractor
 from app.graph.neo4j import Neo4jGraph
@@ -21,6 +23,8 @@ from workers.broker import build_broker, declare_project_actor
 settings = load_settings()
 configure_logging(settings)
 broker = build_broker(settings)
+# The dramatiq CLI uses the global broker unless told ``module:broker``; set both ways.
+dramatiq.set_broker(broker)
 log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
