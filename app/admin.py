@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,9 +14,17 @@ import redis as redis_lib
 
 from app.db.connector import Database
 from app.db.sql import q
-from app.errors import MemoryPersistenceError, NotFound, ValidationError
+from app.errors import (
+    MemoryPersistenceError,
+    NotFound,
+    StoreError,
+    StoreUnavailable,
+    ValidationError,
+)
 from app.graph.projector import GraphStore
 from app.settings import Settings
+
+log = logging.getLogger(__name__)
 
 DeadStatus = Literal["dead", "replayed", "discarded"]
 MAX_PAGE = 500
@@ -55,6 +65,29 @@ class Health:
                                         ("redis", self.redis))},
             "outbox": self.outbox, "dead_letters": self.dead_letters,
         }
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ok: bool
+    reason: str | None = None
+    revision: str | None = None
+
+
+@functools.cache
+def code_heads() -> frozenset[str] | None:
+    """The Alembic head revisions this code expects, or None where the scripts are not shipped."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from app.db.migrations import ROOT
+
+    try:
+        return frozenset(ScriptDirectory.from_config(Config(str(ROOT / "alembic.ini")))
+                         .get_heads())
+    except Exception as exc:  # missing alembic.ini or versions folder: check the table only
+        log.warning("alembic scripts unavailable: %s", exc, extra={"action": "admin.no_scripts"})
+        return None
 
 
 def _probe(check: Callable[[], object]) -> Probe:
@@ -117,6 +150,27 @@ class AdminService:
                 health.status = "down"
                 health.reasons.append(f"postgres query failed: {exc}")
         return health
+
+    def readiness(self) -> Readiness:
+        """Ready to serve: Postgres answers and its schema is at this code's Alembic head.
+
+        Never touches Neo4j or Redis: writes only need Postgres.
+        """
+        try:
+            row = self.db.one("schema_revision")
+        except StoreUnavailable:
+            return Readiness(False, "the database is unavailable")
+        except StoreError:
+            return Readiness(False, "the database is not migrated: run 'memctl migrate'")
+        revision = str(row.version_num) if row is not None else None
+        if revision is None:
+            return Readiness(False, "the database is not migrated: run 'memctl migrate'")
+        heads = code_heads()
+        if heads is not None and revision not in heads:
+            return Readiness(False, f"the database schema is at {revision}, this code expects "
+                                    f"{', '.join(sorted(heads))}: run 'memctl migrate'",
+                             revision)
+        return Readiness(True, None, revision)
 
     def outbox_stats(self) -> dict[str, Any]:
         row = self.db.one("outbox_stats")

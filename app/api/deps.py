@@ -14,8 +14,11 @@ from typing import Annotated, Literal
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from app.admin import AdminService
 from app.api.errors import Forbidden, Unauthorized
+from app.consistency import Consistency
 from app.db.connector import Database
+from app.graph.projector import GraphStore
 from app.settings import Settings
 from app.store import MemoryService
 
@@ -31,6 +34,11 @@ class Services:
     settings: Settings
     db: Database
     memories: MemoryService
+    # The graph driver connects on first use: the API starts and accepts writes while Neo4j
+    # is down; only the admin routes that read or repair the graph need it.
+    graph: GraphStore
+    admin: AdminService
+    consistency: Consistency
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,12 @@ class Principal:
     """The authenticated caller: only the scope of its key, never the key itself."""
 
     scope: Scope
+    key_index: int | None = None  # 1-based position of the key in its settings list
+
+    @property
+    def actor(self) -> str:
+        """A non-secret label for audit records, e.g. ``api:admin-key-2``."""
+        return f"api:{self.scope}-key-{self.key_index or 0}"
 
 
 async def get_services(request: Request) -> Services:
@@ -58,32 +72,53 @@ async def get_memory_service(services: ServicesDep) -> MemoryService:
 
 MemoryServiceDep = Annotated[MemoryService, Depends(get_memory_service)]
 
+
+async def get_admin_service(services: ServicesDep) -> AdminService:
+    """The admin service (health, stats, dead letters)."""
+    return services.admin
+
+
+async def get_consistency(services: ServicesDep) -> Consistency:
+    """Check, repair and rebuild of the graph."""
+    return services.consistency
+
+
+AdminServiceDep = Annotated[AdminService, Depends(get_admin_service)]
+ConsistencyDep = Annotated[Consistency, Depends(get_consistency)]
+
 # auto_error=False: a missing key must answer in our error shape, not FastAPI's.
 _bearer = HTTPBearer(auto_error=False, scheme_name="ApiKey",
                      description="`Authorization: Bearer <key>`: a service or admin key.")
 
 
-def _matches(given: bytes, keys: tuple[bytes, ...]) -> bool:
+def _match_index(given: bytes, keys: tuple[bytes, ...]) -> int | None:
     # Compare against every key, without stopping at a match, so timing says nothing about
     # which key (or how many) there are.
-    found = False
-    for key in keys:
-        found |= hmac.compare_digest(given, key)
+    found: int | None = None
+    for i, key in enumerate(keys, start=1):
+        if hmac.compare_digest(given, key) and found is None:
+            found = i
     return found
+
+
+def identify(settings: Settings, key: str) -> Principal | None:
+    """The principal a key stands for (scope and key position), or None for an unknown key."""
+    given = key.encode()
+    admin = tuple(k.get_secret_value().encode() for k in settings.api_admin_keys)
+    service = tuple(k.get_secret_value().encode() for k in settings.api_service_keys)
+    admin_index = _match_index(given, admin)
+    service_index = _match_index(given, service)
+    if admin_index is not None:
+        return Principal("admin", admin_index)
+    if service_index is not None:
+        return Principal("service", service_index)
+    return None
 
 
 def scope_of(settings: Settings, key: str) -> Scope | None:
     """The scope a key grants, or None for an unknown key."""
-    given = key.encode()
-    admin = tuple(k.get_secret_value().encode() for k in settings.api_admin_keys)
-    service = tuple(k.get_secret_value().encode() for k in settings.api_service_keys)
-    is_admin = _matches(given, admin)
-    is_service = _matches(given, service)
-    if is_admin:
-        return "admin"
-    if is_service:
-        return "service"
-    return None
+    principal = identify(settings, key)
+    return principal.scope if principal is not None else None
 
 
 async def authenticate(
@@ -96,12 +131,12 @@ async def authenticate(
         log.info("request without a bearer key", extra={"action": "api.auth_missing",
                                                          "path": request.url.path})
         raise Unauthorized("an API key is required: Authorization: Bearer <key>")
-    scope = scope_of(services.settings, credentials.credentials)
-    if scope is None:
+    principal = identify(services.settings, credentials.credentials)
+    if principal is None:
         log.warning("unknown API key", extra={"action": "api.auth_rejected",
                                               "path": request.url.path})
         raise Unauthorized("the API key is not valid")
-    return Principal(scope)
+    return principal
 
 
 async def require_service(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:

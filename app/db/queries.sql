@@ -376,3 +376,7 @@ UPDATE dead_letters
 SET status = 'discarded', resolved_at = now(), resolved_by = :actor, resolution_note = :reason
 WHERE id = :id AND status = 'dead'
 RETURNING id;
+
+-- schema_revision --
+-- The Alembic revision the database is at (readiness); fails when it was never migrated.
+SELECT version_num FROM alembic_version;

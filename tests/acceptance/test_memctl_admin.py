@@ -1,0 +1,231 @@
+"""``memctl sync|dead|outbox|health`` run as an operator runs them, against the test servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from neo4j import Driver
+from sqlalchemy import text
+
+from app.db.connector import Database
+from app.domain import Extraction
+from app.embeddings import HashingEmbedder
+from app.errors import ExtractionError
+from app.extraction import RuleExtractor
+from app.graph.neo4j import Neo4jGraph
+from app.localservers import free_port
+from app.projection import Projector
+from app.settings import Settings
+from app.store import MemoryService
+
+pytestmark = pytest.mark.servers
+
+MEMCTL = [sys.executable, "-m", "app.cli"]
+
+
+class PoisonExtractor:
+    """The rule extractor, except that content with POISON fails permanently while armed."""
+
+    identity = "test-poison/1"
+
+    def __init__(self) -> None:
+        self.armed = True
+        self.rules = RuleExtractor()
+
+    def extract(self, content: str) -> Extraction:
+        if self.armed and "POISON" in content:
+            raise ExtractionError("this content always fails")
+        return self.rules.extract(content)
+
+
+class Memctl:
+    """Runs ``memctl`` in a clean folder with the test servers' settings in its environment."""
+
+    def __init__(self, settings: Settings, folder: Path) -> None:
+        self.folder = folder
+        keep = {k: v for k, v in os.environ.items()
+                if k in ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TMPDIR")}
+        self.env = {
+            **keep,
+            "DATABASE_URL": settings.database_url,
+            "REDIS_URL": settings.redis_url,
+            "NEO4J_URI": settings.neo4j_uri,
+            "NEO4J_USER": settings.neo4j_user,
+            "NEO4J_PASSWORD": settings.neo4j_password.get_secret_value(),
+            "LOCAL_DIR": str(folder / "state"),
+        }
+
+    def __call__(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*MEMCTL, *args], env={**self.env, **env}, capture_output=True,
+                              text=True, timeout=120, cwd=self.folder)
+
+    def json(self, *args: str, code: int = 0, **env: str) -> Any:
+        done = self(*args, "--json", **env)
+        assert done.returncode == code, (args, done.returncode, done.stdout, done.stderr)
+        assert done.stdout.count("\n") == 1  # one JSON document on one line, nothing else
+        return json.loads(done.stdout)
+
+
+@pytest.fixture
+def memctl(settings: Settings, tmp_path: Path) -> Memctl:
+    return Memctl(settings, tmp_path)
+
+
+@pytest.fixture
+def extractor() -> PoisonExtractor:
+    return PoisonExtractor()
+
+
+@pytest.fixture
+def projector(settings: Settings, db: Database, neo4j_driver: Driver,
+              extractor: PoisonExtractor) -> Projector:
+    graph = Neo4jGraph(settings, driver=neo4j_driver)
+    graph.ensure_schema()
+    return Projector(settings, db, graph, extractor)
+
+
+@pytest.fixture
+def service(settings: Settings, db: Database) -> MemoryService:
+    return MemoryService(settings, db, HashingEmbedder(settings.embedding_dim))
+
+
+def drain(projector: Projector, db: Database) -> None:
+    for _ in range(20):
+        with db.transaction() as conn:
+            conn.execute(text("UPDATE outbox SET next_attempt_at = now() WHERE status = 'pending'"))
+            ids = [r[0] for r in conn.execute(text(
+                "SELECT id FROM outbox WHERE status IN ('pending', 'in_flight')"))]
+        if not ids:
+            return
+        projector.process(ids)
+    pytest.fail("outbox did not drain")
+
+
+@pytest.fixture
+def world(service: MemoryService, projector: Projector, db: Database) -> list[str]:
+    """Four converged memories of two users."""
+    ids = [str(service.store("alice" if i % 2 else "bob",
+                             f"Call {i} with Sarah Connor about Acme Corp")[0].id)
+           for i in range(4)]
+    drain(projector, db)
+    return ids
+
+
+@pytest.fixture
+def poisoned(world: list[str], service: MemoryService, projector: Projector,
+             db: Database) -> str:
+    """One dead letter: alice's note the extractor cannot handle. Returns the memory id."""
+    memory_id = str(service.store("alice", "POISON note")[0].id)
+    drain(projector, db)
+    return memory_id
+
+
+def test_sync_check_repair_full_rebuild(memctl: Memctl, world: list[str], neo4j_driver: Driver,
+                                        projector: Projector, db: Database) -> None:
+    clean = memctl.json("sync", "check")
+    assert clean["consistent"] is True and clean["check"]["checked"] == 4
+    assert clean["findings"] == []
+
+    neo4j_driver.execute_query("MATCH (m:Memory {id: $id}) DETACH DELETE m", id=world[0])
+    found = memctl.json("sync", "check", code=1)
+    assert found["consistent"] is False
+    assert [(f["kind"], f["memory_id"]) for f in found["findings"]] == [
+        ("missing_in_graph", world[0])]
+    assert found["check"]["by_kind"]["missing_in_graph"] == 1 and found["check"]["stored"]
+
+    planned = memctl.json("sync", "repair", "--dry-run")
+    assert planned["repair"]["queued"] == 1 and planned["repair"]["dry_run"] is True
+    with db.transaction() as conn:
+        assert conn.execute(text("SELECT count(*) FROM outbox WHERE event_type = 'resync'")
+                            ).scalar_one() == 0
+
+    human = memctl("sync", "full")  # progress on stderr, the tables on stdout
+    assert human.returncode == 0, human.stderr
+    assert "missing_in_graph" in human.stdout and "queued" in human.stdout
+    assert "1 inconsistencies" in human.stdout
+    drain(projector, db)
+    again = memctl("sync", "check", "--user", "bob", "--limit", "10")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "consistent (stored as check run" in again.stdout
+
+    neo4j_driver.execute_query("MATCH (m:Memory) SET m.version = 0")
+    rebuilt = memctl.json("sync", "rebuild")
+    assert rebuilt["rebuild"]["projected"] == 4
+    assert memctl.json("sync", "check")["consistent"] is True
+
+
+def test_dead_letters_list_show_replay_discard(memctl: Memctl, poisoned: str,
+                                              service: MemoryService, projector: Projector,
+                                              extractor: PoisonExtractor, db: Database) -> None:
+    page = memctl.json("dead", "list", "--user", "alice", "--error", "always", "--since",
+                       "2000-01-01", "--event-type", "upsert")
+    assert [d["memory_id"] for d in page["items"]] == [poisoned]
+    assert page["next_before_id"] is None
+    letter_id = page["items"][0]["id"]
+
+    shown = memctl("dead", "show", str(letter_id))
+    assert shown.returncode == 0, shown.stderr
+    assert "ExtractionError: this content always fails" in shown.stdout  # the error history
+
+    refused = memctl("dead", "replay")
+    assert refused.returncode == 2
+    assert "--all" in refused.stderr
+
+    extractor.armed = False  # the cause is fixed
+    replayed = memctl("dead", "replay", str(letter_id))
+    assert replayed.returncode == 0, replayed.stderr
+    assert "replayed 1 dead letter" in replayed.stdout
+    drain(projector, db)
+    with db.transaction() as conn:
+        assert conn.execute(text("SELECT count(*) FROM outbox WHERE status <> 'done'")
+                            ).scalar_one() == 0
+
+    extractor.armed = True
+    service.store("bob", "POISON again")
+    drain(projector, db)
+    listed = memctl.json("dead", "list", "--status", "any")["items"]
+    assert [d["status"] for d in listed] == ["dead", "replayed"]
+    assert listed[1]["resolved_by"].startswith("cli:") and len(listed[1]["resolved_by"]) > 4
+    second = listed[0]["id"]
+    missing_reason = memctl("dead", "discard", str(second))
+    assert missing_reason.returncode == 2
+    assert "--reason is required" in missing_reason.stderr
+    discarded = memctl("dead", "discard", str(second), "--reason", "test data")
+    assert discarded.returncode == 0, discarded.stderr
+    closed = memctl.json("dead", "list", "--status", "discarded")["items"]
+    assert [(d["id"], d["resolution_note"]) for d in closed] == [(second, "test data")]
+    unknown = memctl("dead", "show", "999999", "--json")
+    assert unknown.returncode == 2 and unknown.stdout == ""
+    assert "no dead letter 999999" in unknown.stderr
+
+
+def test_health_and_outbox_stats(memctl: Memctl) -> None:
+    health = memctl.json("health")
+    assert health["status"] == "ok"
+    assert all(s["ok"] for s in health["servers"].values())
+    stats = memctl.json("outbox", "stats")
+    assert set(stats) >= {"pending", "in_flight", "done", "dead", "lag_seconds"}
+
+    degraded = memctl.json("health", code=1, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    assert degraded["status"] == "degraded" and degraded["reasons"][0].startswith("redis")
+    port = free_port()
+    down = memctl.json("health", code=3,
+                       DATABASE_URL=f"postgresql://memory:x@127.0.0.1:{port}/memory")
+    assert down["status"] == "down" and down["reasons"][0].startswith("postgres")
+    no_graph = memctl("sync", "check", NEO4J_URI=f"bolt://127.0.0.1:{free_port()}")
+    assert no_graph.returncode == 3
+    assert "Neo4j ServiceUnavailable" in no_graph.stderr
+
+
+def test_a_bad_setting_exits_2_with_one_line_naming_it(memctl: Memctl) -> None:
+    done = memctl("sync", "check", "--json", NEO4J_URI="http://127.0.0.1:7474")
+    assert done.returncode == 2
+    assert done.stdout == ""
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "NEO4J_URI" in lines[0]
