@@ -171,10 +171,13 @@ class Projector:
     def _fail(self, rows: list[Row[Any]], exc: MemoryPersistenceError, outcome: Outcome) -> None:
         """Count an attempt on each row; schedule its retry or make it a dead letter.
 
-        A permanent error (not ``retryable``) goes dead at once: retrying cannot help, and the
-        dead letter can be replayed once its cause is fixed.
+        A permanent extraction error goes dead at once: the extractor is deterministic for its
+        identity, so retrying cannot help, and the dead letter can be replayed once its cause
+        is fixed. Graph errors always get the full retry schedule: one that looks permanent
+        may still be a race with a concurrent batch.
         """
         error = f"{type(exc).__name__}: {exc}"[:4000]
+        permanent = isinstance(exc, ExtractionError) and not exc.retryable
         outcome.errors.append(error)
         dead_ids = []
         with self.db.transaction() as conn:
@@ -183,8 +186,8 @@ class Projector:
                                       self.settings.retry_cap_seconds, self.rng)
                 updated = conn.execute(q("record_failure"), {
                     "id": row.outbox_id, "error": error, "delay_seconds": delay,
-                    "max_attempts": (self.settings.retry_max_attempts if exc.retryable
-                                     else row.attempts + 1),
+                    "max_attempts": (row.attempts + 1 if permanent
+                                     else self.settings.retry_max_attempts),
                 }).first()
                 if updated is None:
                     continue

@@ -36,11 +36,17 @@ def c(name: str) -> str:
     return cypher()[name]
 
 
+# Errors that a concurrent transaction can cause and a retry clears: an entity MERGEd by this
+# batch and deleted as an orphan by another batch that committed first.
+_RACE_CODES = ("Neo.ClientError.Statement.EntityNotFound",)
+
+
 def convert(exc: Exception) -> GraphError:
-    """Map a driver error onto our tree; transient and connection errors are retryable."""
+    """Map a driver error onto our tree; transient, connection and race errors are retryable."""
     message = f"Neo4j {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
+    code = getattr(exc, "code", None) or ""
     if isinstance(exc, nx.ServiceUnavailable | nx.SessionExpired | nx.TransientError
-                  | nx.DriverError | OSError):
+                  | nx.DriverError | OSError) or code in _RACE_CODES:
         return GraphUnavailable(message)
     return GraphError(message)
 
