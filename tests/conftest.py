@@ -18,11 +18,16 @@ import psycopg
 import pytest
 import redis as redis_lib
 from neo4j import Driver, GraphDatabase
+from sqlalchemy import text
 
 from app.db.connector import Database
 from app.db.migrations import upgrade
+from app.embeddings import HashingEmbedder
+from app.graph.neo4j import Neo4jGraph
 from app.localservers import LocalServers, ServerUrls, free_port
+from app.projection import Projector
 from app.settings import Settings, load_settings
+from app.store import MemoryService
 
 PG_USER = "memory"
 PG_PASSWORD = "test-pg-pass"
@@ -132,6 +137,33 @@ def empty_graph(driver: Driver) -> None:
     """Delete every node (IN TRANSACTIONS needs an auto-commit transaction: session.run)."""
     with driver.session() as session:
         session.run("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 5000 ROWS").consume()
+
+
+@pytest.fixture
+def graph(settings: Settings, neo4j_driver: Driver) -> Neo4jGraph:
+    """The Neo4j graph store on the emptied graph, with its constraints."""
+    store = Neo4jGraph(settings, driver=neo4j_driver)
+    store.ensure_schema()
+    return store
+
+
+@pytest.fixture
+def service(settings: Settings, db: Database) -> MemoryService:
+    """The memory service with the built-in embedder."""
+    return MemoryService(settings, db, HashingEmbedder(settings.embedding_dim))
+
+
+def drain(projector: Projector, db: Database, rounds: int = 20) -> None:
+    """Project every open outbox row now, ignoring backoff; rows that go dead stop counting."""
+    for _ in range(rounds):
+        with db.transaction() as conn:
+            conn.execute(text("UPDATE outbox SET next_attempt_at = now() WHERE status = 'pending'"))
+            ids = [r[0] for r in conn.execute(text(
+                "SELECT id FROM outbox WHERE status IN ('pending', 'in_flight') ORDER BY id"))]
+        if not ids:
+            return
+        projector.process(ids)
+    pytest.fail("outbox did not drain")
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from starlette.exceptions import StarletteDeprecationWarning
 from app.api import create_app
 from app.db.connector import Database
 from app.domain import Extraction
-from app.embeddings import HashingEmbedder
 from app.errors import ExtractionError
 from app.extraction import RuleExtractor
 from app.graph.neo4j import Neo4jGraph
@@ -26,7 +25,7 @@ from app.localservers import free_port
 from app.projection import Projector
 from app.settings import Settings
 from app.store import MemoryService
-from tests.conftest import TestServers
+from tests.conftest import TestServers, drain
 
 with warnings.catch_warnings():
     # As in test_api.py: Starlette warns when it falls back to httpx; harmless here.
@@ -76,20 +75,8 @@ def client(settings: Settings, admin_key: str) -> Iterator[TestClient]:
 
 
 @pytest.fixture
-def graph(settings: Settings, neo4j_driver: Driver) -> Neo4jGraph:
-    g = Neo4jGraph(settings, driver=neo4j_driver)
-    g.ensure_schema()
-    return g
-
-
-@pytest.fixture
 def extractor() -> PoisonExtractor:
     return PoisonExtractor()
-
-
-@pytest.fixture
-def service(settings: Settings, db: Database) -> MemoryService:
-    return MemoryService(settings, db, HashingEmbedder(settings.embedding_dim))
 
 
 @pytest.fixture
@@ -98,17 +85,6 @@ def projector(settings: Settings, db: Database, graph: Neo4jGraph,
     return Projector(settings, db, graph, extractor)
 
 
-def drain(projector: Projector, db: Database) -> None:
-    """Project every open outbox row now (rows that go dead stop counting as open)."""
-    for _ in range(20):
-        with db.transaction() as conn:
-            conn.execute(text("UPDATE outbox SET next_attempt_at = now() WHERE status = 'pending'"))
-            ids = [r[0] for r in conn.execute(text(
-                "SELECT id FROM outbox WHERE status IN ('pending', 'in_flight')"))]
-        if not ids:
-            return
-        projector.process(ids)
-    pytest.fail("outbox did not drain")
 
 
 def scalar(db: Database, sql: str, **params: Any) -> Any:

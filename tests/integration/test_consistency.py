@@ -11,24 +11,12 @@ from sqlalchemy import text
 
 from app.consistency import Consistency
 from app.db.connector import Database
-from app.embeddings import HashingEmbedder
 from app.extraction import RuleExtractor
 from app.graph.neo4j import Neo4jGraph
 from app.projection import Projector
 from app.settings import Settings
 from app.store import MemoryService
-
-
-@pytest.fixture
-def graph(settings: Settings, neo4j_driver: Driver) -> Neo4jGraph:
-    g = Neo4jGraph(settings, driver=neo4j_driver)
-    g.ensure_schema()
-    return g
-
-
-@pytest.fixture
-def service(settings: Settings, db: Database) -> MemoryService:
-    return MemoryService(settings, db, HashingEmbedder(settings.embedding_dim))
+from tests.conftest import drain
 
 
 @pytest.fixture
@@ -41,16 +29,6 @@ def consistency(settings: Settings, db: Database, graph: Neo4jGraph) -> Consiste
     return Consistency(settings, db, graph, RuleExtractor(), page_size=7)
 
 
-def drain(projector: Projector, db: Database) -> None:
-    for _ in range(20):
-        with db.transaction() as conn:
-            conn.execute(text("UPDATE outbox SET next_attempt_at = now() WHERE status = 'pending'"))
-            ids = [r[0] for r in conn.execute(text(
-                "SELECT id FROM outbox WHERE status IN ('pending', 'in_flight')"))]
-        if not ids:
-            return
-        projector.process(ids)
-    pytest.fail("outbox did not drain")
 
 
 def stored(db: Database, open_only: bool = True) -> list[Any]:

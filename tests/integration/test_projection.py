@@ -13,13 +13,13 @@ from sqlalchemy import text
 
 from app.db.connector import Database
 from app.domain import Entity, Extraction, Relation
-from app.embeddings import HashingEmbedder
 from app.errors import ExtractionError, ExtractionRetryable, GraphUnavailable
 from app.graph.neo4j import Neo4jGraph
 from app.projection import Projector
 from app.settings import Settings
 from app.store import MemoryService
 from app.testing import FailingGraph
+from tests.conftest import drain
 
 
 class WordsExtractor:
@@ -47,18 +47,6 @@ class WordsExtractor:
 @pytest.fixture
 def extractor() -> WordsExtractor:
     return WordsExtractor()
-
-
-@pytest.fixture
-def graph(settings: Settings, neo4j_driver: Driver) -> Neo4jGraph:
-    g = Neo4jGraph(settings, driver=neo4j_driver)
-    g.ensure_schema()
-    return g
-
-
-@pytest.fixture
-def service(settings: Settings, db: Database) -> MemoryService:
-    return MemoryService(settings, db, HashingEmbedder(settings.embedding_dim))
 
 
 @pytest.fixture
@@ -90,15 +78,6 @@ def graph_memory(driver: Driver, memory_id: uuid.UUID) -> dict[str, Any] | None:
     return state
 
 
-def drain(projector: Projector, db: Database) -> None:
-    for _ in range(20):
-        ids = open_ids(db)
-        if not ids:
-            return
-        with db.transaction() as conn:  # due now, whatever the backoff said
-            conn.execute(text("UPDATE outbox SET next_attempt_at = now() WHERE status = 'pending'"))
-        projector.process(ids)
-    pytest.fail("outbox did not drain")
 
 
 def test_store_update_delete_converge(service: MemoryService, projector: Projector,

@@ -25,11 +25,6 @@ class Injected(Exception):
     """A failure the test put between the memory write and the outbox write."""
 
 
-@pytest.fixture
-def service(settings: Settings, db: Database) -> MemoryService:
-    return MemoryService(settings, db, HashingEmbedder(settings.embedding_dim))
-
-
 def outbox(db: Database, memory_id: uuid.UUID | None = None) -> list[tuple[int, str]]:
     """(memory_version, event_type) of the outbox rows, oldest first."""
     where = "memory_id = :id" if memory_id else "true"
