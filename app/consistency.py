@@ -15,7 +15,8 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -25,6 +26,7 @@ from sqlalchemy import Row
 from app.db.connector import Database
 from app.db.sql import q
 from app.domain import Extraction
+from app.errors import Busy
 from app.extraction import Extractor
 from app.graph.projector import GraphStore, MemoryProjection
 from app.projection import build_projection, extraction_to_json
@@ -167,9 +169,33 @@ class Consistency:
                     "missing": sorted(keys - node.entity_keys)[:20],
                     "unexpected": sorted(node.entity_keys - keys)[:20]}))
 
+    @contextmanager
+    def _sync_lock(self, exclusive: bool) -> Iterator[None]:
+        """Hold the sync lock (a session-level advisory lock) or raise Busy."""
+        kind = "exclusive" if exclusive else "shared"
+        with self.db.engine.connect() as conn:
+            got = conn.execute(q(f"sync_lock_{kind}")).scalar()
+            conn.commit()
+            if not got:
+                raise Busy("a rebuild is running; try again when it ends" if not exclusive
+                           else "a check or rebuild is running; try again when it ends")
+            try:
+                yield
+            finally:
+                conn.execute(q(f"sync_unlock_{kind}"))
+                conn.commit()
+
     def check(self, user_id: str | None = None, *, limit: int | None = None,
               store: bool = True, progress: Progress | None = None) -> CheckReport:
-        """Compare Postgres and the graph; store findings unless ``store`` is False."""
+        """Compare Postgres and the graph; store findings unless ``store`` is False.
+
+        Raises Busy while a rebuild runs (it would see a half-built graph).
+        """
+        with self._sync_lock(exclusive=False):
+            return self._check(user_id, limit=limit, store=store, progress=progress)
+
+    def _check(self, user_id: str | None, *, limit: int | None, store: bool,
+               progress: Progress | None) -> CheckReport:
         started = time.monotonic()
         report = CheckReport()
         run_id, since = None, None
@@ -333,8 +359,14 @@ class Consistency:
         Uses the cached extraction unless ``reextract`` (or the cache is stale and an
         extractor was given). Safe while writes go on: every batch is version-fenced, so a
         page read before a concurrent update is refused if a worker already projected the
-        newer version, and superseded by it otherwise.
+        newer version, and superseded by it otherwise. Raises Busy while a check or another
+        rebuild runs.
         """
+        with self._sync_lock(exclusive=True):
+            return self._rebuild(user_id, reextract=reextract, progress=progress)
+
+    def _rebuild(self, user_id: str | None, *, reextract: bool,
+                 progress: Progress | None) -> RebuildReport:
         started = time.monotonic()
         report = RebuildReport()
         self.graph.clear(user_id)

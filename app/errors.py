@@ -7,6 +7,7 @@
     ├── NotFound               no such memory for this user (HTTP 404)
     ├── VersionConflict        expected version is stale (HTTP 409)
     ├── IdempotencyConflict    an Idempotency-Key reused with another body (HTTP 422)
+    ├── Busy                   a conflicting operation is running, e.g. a rebuild (HTTP 409)
     ├── StoreError             Postgres failed
     │   └── StoreUnavailable   Postgres cannot be reached (retryable)
     ├── GraphError             Neo4j failed
@@ -55,6 +56,10 @@ class VersionConflict(MemoryPersistenceError):
 
 class IdempotencyConflict(MemoryPersistenceError):
     """An Idempotency-Key was reused with a different request."""
+
+
+class Busy(MemoryPersistenceError):
+    """A conflicting operation is running (a rebuild during a check, two rebuilds)."""
 
 
 class StoreError(MemoryPersistenceError):

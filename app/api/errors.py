@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.embeddings import EmbeddingError
 from app.errors import (
+    Busy,
     ConfigError,
     IdempotencyConflict,
     MemoryPersistenceError,
@@ -117,6 +118,8 @@ async def _memory_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, NotFound):
         # The same words for a missing memory and another user's: nothing to tell them apart.
         return error_response(404, "not_found", "memory not found")
+    if isinstance(exc, Busy):
+        return error_response(409, "busy", str(exc))
     if isinstance(exc, VersionConflict):
         return error_response(409, "version_conflict", str(exc), "expected_version",
                               current_version=exc.current_version)

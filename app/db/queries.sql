@@ -380,3 +380,19 @@ RETURNING id;
 -- schema_revision --
 -- The Alembic revision the database is at (readiness); fails when it was never migrated.
 SELECT version_num FROM alembic_version;
+
+-- sync_lock_shared --
+-- Checks share the sync lock: several may run, but not during a rebuild.
+SELECT pg_try_advisory_lock_shared(hashtextextended('memctl-sync', 0));
+
+-- sync_unlock_shared --
+-- Release a check's share of the sync lock.
+SELECT pg_advisory_unlock_shared(hashtextextended('memctl-sync', 0));
+
+-- sync_lock_exclusive --
+-- A rebuild holds the sync lock alone: a check would see a half-built graph.
+SELECT pg_try_advisory_lock(hashtextextended('memctl-sync', 0));
+
+-- sync_unlock_exclusive --
+-- Release a rebuild's sync lock.
+SELECT pg_advisory_unlock(hashtextextended('memctl-sync', 0));

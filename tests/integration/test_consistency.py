@@ -189,3 +189,16 @@ def test_rebuild_of_one_user_leaves_the_other_alone(consistency: Consistency,
         "MATCH (m:Memory {user_id: 'bob'}) RETURN elementId(m) AS e ORDER BY e")
     assert before == after
     assert consistency.check().consistent
+
+
+def test_a_check_refuses_to_run_during_a_rebuild(consistency: Consistency,
+                                                 world: dict[str, Any]) -> None:
+    from app.errors import Busy
+
+    with consistency._sync_lock(exclusive=True):  # as a rebuild holds it
+        with pytest.raises(Busy, match="rebuild is running"):
+            consistency.check()
+        with pytest.raises(Busy):
+            consistency.rebuild()
+    with consistency._sync_lock(exclusive=False):  # checks share it with each other
+        assert consistency.check().consistent
