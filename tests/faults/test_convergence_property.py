@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from neo4j import Driver
 from sqlalchemy import text
 
+from app.consistency import Consistency
 from app.db.connector import Database
 from app.domain import content_hash
 from app.extraction import RuleExtractor
@@ -237,6 +238,10 @@ class Harness:
     def check(self) -> None:
         wait_drained(self.db, 90, "outbox drained", logs=self.logs, allow_empty=True)
         assert_graph_matches_postgres(self.db, self.driver)
+        # ... and the product's own proof agrees: `sync check` finds nothing.
+        graph = Neo4jGraph(self.settings, driver=self.driver)
+        report = Consistency(self.settings, self.db, graph).check(store=False)
+        assert report.consistent, report.findings
         with self.db.transaction() as conn:
             versions = {str(r.id): r.version for r in conn.execute(
                 text("SELECT id, version FROM memories")).all()}
