@@ -26,14 +26,15 @@ test: $(STAMP) check
 check: lint types
 
 lint: $(STAMP)
-	$(BIN)/ruff check app workers tests bench alembic
+	$(BIN)/ruff check .
 
 types: $(STAMP)
 	$(BIN)/mypy
 
 ## Benchmarks (not tests): results under bench/results/.
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,local,bench]'
+	$(BIN)/python -m bench $(ARGS)
 
 services-up: $(STAMP)
 	$(BIN)/memctl services up
