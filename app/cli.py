@@ -673,6 +673,25 @@ def outbox_stats(as_json: JsonOpt = False) -> None:
 
 
 @app.command()
+def graph(
+    user: Annotated[str, typer.Argument(help="whose memories to show")],
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="at most this many")] = 20,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show what Neo4j has for one user: each memory's version and the entities it mentions."""
+    settings = _settings()
+    with _failures(), _graph(settings) as store:
+        rows = store.user_graph(user, limit)
+    if as_json:
+        _emit_json([{"id": i, "version": v, "entities": e} for i, v, e in rows])
+        return
+    table = Table("memory", "version", "entities", title=f"graph of {user}")
+    for memory_id, version, entities in rows:
+        table.add_row(memory_id, str(version), ", ".join(entities))
+    console.print(table)
+
+
+@app.command()
 def health(as_json: JsonOpt = False) -> None:
     """Reachability of Postgres, Neo4j and Redis; exit 0 ok, 1 degraded, 3 down."""
     with _admin(with_graph=True) as admin:

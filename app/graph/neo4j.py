@@ -197,6 +197,13 @@ class Neo4jGraph:
                     session.run(c("clear_user"), user_id=user_id).consume()
         self._run(work)
 
+    def user_graph(self, user_id: str, limit: int = 50) -> list[tuple[str, int, list[str]]]:
+        """(memory id, version, ["type: name", ...]) of one user's live memories."""
+        def tx(t: ManagedTransaction) -> list[Any]:
+            return list(t.run(c("user_graph"), user_id=user_id, limit=limit))
+
+        return [(r["id"], r["version"], list(r["entities"])) for r in self._read(tx)]
+
     def ping(self) -> None:
         self._run(self.driver.verify_connectivity)
 

@@ -157,3 +157,13 @@ CALL () {
   DELETE r
 }
 RETURN 1 AS done
+
+// user_graph //
+// One user's live memories with the entities they mention (for people to look at).
+MATCH (m:Memory {user_id: $user_id})
+WHERE coalesce(m.deleted, false) = false
+OPTIONAL MATCH (m)-[:MENTIONS]->(e:Entity)
+WITH m, e ORDER BY e.type, e.name
+RETURN m.id AS id, m.version AS version, collect(e.type + ': ' + e.name) AS entities
+ORDER BY id
+LIMIT $limit

@@ -15,7 +15,6 @@ from sqlalchemy import text
 
 from app.db.connector import Database
 from app.domain import Extraction
-from app.embeddings import HashingEmbedder
 from app.errors import ExtractionError
 from app.extraction import RuleExtractor
 from app.graph.neo4j import Neo4jGraph
@@ -23,6 +22,7 @@ from app.localservers import free_port
 from app.projection import Projector
 from app.settings import Settings
 from app.store import MemoryService
+from tests.conftest import drain
 
 pytestmark = pytest.mark.servers
 
@@ -88,23 +88,6 @@ def projector(settings: Settings, db: Database, neo4j_driver: Driver,
     graph = Neo4jGraph(settings, driver=neo4j_driver)
     graph.ensure_schema()
     return Projector(settings, db, graph, extractor)
-
-
-@pytest.fixture
-def service(settings: Settings, db: Database) -> MemoryService:
-    return MemoryService(settings, db, HashingEmbedder(settings.embedding_dim))
-
-
-def drain(projector: Projector, db: Database) -> None:
-    for _ in range(20):
-        with db.transaction() as conn:
-            conn.execute(text("UPDATE outbox SET next_attempt_at = now() WHERE status = 'pending'"))
-            ids = [r[0] for r in conn.execute(text(
-                "SELECT id FROM outbox WHERE status IN ('pending', 'in_flight')"))]
-        if not ids:
-            return
-        projector.process(ids)
-    pytest.fail("outbox did not drain")
 
 
 @pytest.fixture
@@ -229,3 +212,16 @@ def test_a_bad_setting_exits_2_with_one_line_naming_it(memctl: Memctl) -> None:
     assert done.stdout == ""
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "NEO4J_URI" in lines[0]
+
+
+def test_graph_shows_what_neo4j_has_for_one_user(memctl: Memctl, service: MemoryService,
+                                                 projector: Projector, db: Database) -> None:
+    mine, _ = service.store("alice", "Meeting with John about Q4 roadmap")
+    service.store("bob", "Lunch with Sarah Connor")
+    drain(projector, db)
+    rows = memctl.json("graph", "alice")
+    assert rows == [{"id": str(mine.id), "version": 1,
+                     "entities": ["person: John", "quarter: Q4"]}]
+    table = memctl("graph", "alice")
+    assert table.returncode == 0 and "person: John" in table.stdout
+    assert "Sarah" not in table.stdout
