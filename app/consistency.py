@@ -25,7 +25,7 @@ from sqlalchemy import Row
 
 from app.db.connector import Database
 from app.db.sql import q
-from app.domain import Extraction
+from app.domain import Extraction, entity_key
 from app.errors import Busy
 from app.extraction import Extractor
 from app.graph.projector import GraphStore, MemoryProjection
@@ -122,9 +122,11 @@ def expected_keys(row: Row[Any]) -> frozenset[str] | None:
     m = row._mapping
     if m["entities"] is None or m["extracted_hash"] != m["content_hash"]:
         return None
-    projection = build_projection(str(m["id"]), m["user_id"], int(m["version"]), 5, "",
-                                  Extraction.model_validate(m["entities"]))
-    return frozenset(e.key for e in projection.entities)
+    # The same keys build_projection derives, without building models: this runs once per
+    # memory checked and is the check's hot path.
+    user = m["user_id"]
+    return frozenset(entity_key(user, e["type"], e["name"])
+                     for e in m["entities"].get("entities", ()))
 
 
 class Consistency:
