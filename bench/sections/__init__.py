@@ -1,0 +1,20 @@
+"""The benchmark's sections, in the order a full run takes them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from bench.context import Context
+from bench.sections import check, lag, memory, projection, search, write
+
+Section = Callable[[Context], dict[str, Any]]
+
+SECTIONS: dict[str, Section] = {
+    "write": write.run,
+    "projection": projection.run,
+    "lag": lag.run,
+    "check": check.run,
+    "search": search.run,
+    "memory": memory.run,
+}
