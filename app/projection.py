@@ -91,8 +91,12 @@ class Projector:
         self.extractor = extractor
         self.rng = rng or random.Random()
 
-    def _extraction(self, row: Row[Any], outcome: Outcome) -> Extraction:
-        """The cached result when content and extractor are unchanged, else a fresh one."""
+    def _extraction(self, row: Row[Any], outcome: Outcome,
+                    to_save: list[dict[str, Any]]) -> Extraction:
+        """The cached result when content and extractor are unchanged, else a fresh one.
+
+        A fresh result is queued in ``to_save``; the batch writes them in one transaction.
+        """
         m = row._mapping
         if (m["entities"] is not None and m["extracted_hash"] == m["content_hash"]
                 and m["extractor"] == self.extractor.identity):
@@ -100,11 +104,10 @@ class Projector:
             return Extraction.model_validate(m["entities"])
         extraction = self.extractor.extract(m["content"])
         outcome.extracted += 1
-        with self.db.transaction() as conn:
-            conn.execute(q("save_extraction"), {
-                "id": m["memory_id"], "entities": json.dumps(extraction_to_json(extraction)),
-                "extractor": self.extractor.identity, "content_hash": m["content_hash"],
-            })
+        to_save.append({
+            "id": m["memory_id"], "entities": json.dumps(extraction_to_json(extraction)),
+            "extractor": self.extractor.identity, "content_hash": m["content_hash"],
+        })
         return extraction
 
     def process(self, outbox_ids: Sequence[int]) -> Outcome:
@@ -117,6 +120,7 @@ class Projector:
             by_memory[str(row.memory_id)].append(row)
 
         batch: dict[str, MemoryProjection] = {}
+        to_save: list[dict[str, Any]] = []
         for memory_id, memory_rows in by_memory.items():
             state = memory_rows[0]
             if state.version is None:  # the memory row is gone: nothing left to project
@@ -127,7 +131,7 @@ class Projector:
                 continue
             try:
                 extraction = None if state.deleted_at is not None else self._extraction(
-                    state, outcome)
+                    state, outcome, to_save)
             except ExtractionError as exc:
                 self._fail(memory_rows, exc, outcome)
                 continue
@@ -141,6 +145,9 @@ class Projector:
                 projection = dataclasses.replace(projection, force=True)
             batch[memory_id] = projection
 
+        if to_save:  # one round trip for the batch's new extractions, before the graph write
+            with self.db.transaction() as conn:
+                conn.execute(q("save_extraction"), to_save)
         if batch:
             self._project(batch, by_memory, outcome)
         return outcome
@@ -159,9 +166,10 @@ class Projector:
                 self._project({mid: projection}, by_memory, outcome)
             return
         finished = result.applied + result.fenced
-        with self.db.transaction() as conn:
-            for mid in finished:
-                conn.execute(q("mark_done"), {"memory_id": mid, "version": batch[mid].version})
+        if finished:
+            with self.db.transaction() as conn:
+                conn.execute(q("mark_done"), [{"memory_id": mid, "version": batch[mid].version}
+                                              for mid in finished])
         count = sum(len(by_memory[mid]) for mid in finished)
         outcome.done += count
         outcome.fenced += len(result.fenced)
