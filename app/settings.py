@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     queue_name: str = "projection"
     relay_batch_size: int = Field(200, ge=1, le=10_000)
     relay_poll_seconds: float = Field(1.0, gt=0)
+    # After a NOTIFY, wait this long before claiming so steady traffic forms batches instead
+    # of one Neo4j transaction per write.
+    relay_coalesce_seconds: float = Field(0.02, ge=0, le=5)
     lease_seconds: float = Field(60.0, gt=0)
     worker_batch_size: int = Field(50, ge=1, le=1_000)
     retry_base_seconds: float = Field(1.0, gt=0)

@@ -120,8 +120,11 @@ class Relay:
                 self.drain()
                 backoff = 0.0
                 # Wake on the first notification or after the poll interval, whichever is first.
+                notified = False
                 for _ in listener.notifies(timeout=self.settings.relay_poll_seconds, stop_after=1):
-                    pass
+                    notified = True
+                if notified and self.settings.relay_coalesce_seconds:
+                    self.stop_event.wait(self.settings.relay_coalesce_seconds)
             except (QueueError, StoreError, psycopg.Error) as exc:
                 backoff = min(max(backoff * 2, 0.2), 5.0)
                 log.warning("relay loop error; retrying", extra={
