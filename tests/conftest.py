@@ -22,7 +22,10 @@ from sqlalchemy import text
 
 from app.db.connector import Database
 from app.db.migrations import upgrade
+from app.domain import Extraction
 from app.embeddings import HashingEmbedder
+from app.errors import ExtractionError
+from app.extraction import RuleExtractor
 from app.graph.neo4j import Neo4jGraph
 from app.localservers import LocalServers, ServerUrls, free_port
 from app.projection import Projector
@@ -164,6 +167,36 @@ def drain(projector: Projector, db: Database, rounds: int = 20) -> None:
             return
         projector.process(ids)
     pytest.fail("outbox did not drain")
+
+
+def bearer(key: str) -> dict[str, str]:
+    """The Authorization header for an API key."""
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def service_key(settings: Settings) -> str:
+    return settings.api_service_keys[0].get_secret_value()
+
+
+@pytest.fixture
+def admin_key(settings: Settings) -> str:
+    return settings.api_admin_keys[0].get_secret_value()
+
+
+class PoisonExtractor:
+    """The rule extractor, except that content with POISON fails permanently while armed."""
+
+    identity = "test-poison/1"
+
+    def __init__(self) -> None:
+        self.armed = True
+        self.rules = RuleExtractor()
+
+    def extract(self, content: str) -> Extraction:
+        if self.armed and "POISON" in content:
+            raise ExtractionError("this content always fails")
+        return self.rules.extract(content)
 
 
 @pytest.fixture

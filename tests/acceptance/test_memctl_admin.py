@@ -14,34 +14,16 @@ from neo4j import Driver
 from sqlalchemy import text
 
 from app.db.connector import Database
-from app.domain import Extraction
-from app.errors import ExtractionError
-from app.extraction import RuleExtractor
 from app.graph.neo4j import Neo4jGraph
 from app.localservers import free_port
 from app.projection import Projector
 from app.settings import Settings
 from app.store import MemoryService
-from tests.conftest import drain
+from tests.conftest import PoisonExtractor, drain
 
 pytestmark = pytest.mark.servers
 
 MEMCTL = [sys.executable, "-m", "app.cli"]
-
-
-class PoisonExtractor:
-    """The rule extractor, except that content with POISON fails permanently while armed."""
-
-    identity = "test-poison/1"
-
-    def __init__(self) -> None:
-        self.armed = True
-        self.rules = RuleExtractor()
-
-    def extract(self, content: str) -> Extraction:
-        if self.armed and "POISON" in content:
-            raise ExtractionError("this content always fails")
-        return self.rules.extract(content)
 
 
 class Memctl:

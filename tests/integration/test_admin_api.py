@@ -17,15 +17,12 @@ from starlette.exceptions import StarletteDeprecationWarning
 
 from app.api import create_app
 from app.db.connector import Database
-from app.domain import Extraction
-from app.errors import ExtractionError
-from app.extraction import RuleExtractor
 from app.graph.neo4j import Neo4jGraph
 from app.localservers import free_port
 from app.projection import Projector
 from app.settings import Settings
 from app.store import MemoryService
-from tests.conftest import TestServers, drain
+from tests.conftest import PoisonExtractor, TestServers, bearer, drain
 
 with warnings.catch_warnings():
     # As in test_api.py: Starlette warns when it falls back to httpx; harmless here.
@@ -36,35 +33,6 @@ pytestmark = pytest.mark.servers
 
 ADMIN_ACTOR = "api:admin-key-1"
 POISON = "POISON"
-
-
-class PoisonExtractor:
-    """The rule extractor, except that content with POISON fails permanently while armed."""
-
-    identity = "test-poison/1"
-
-    def __init__(self) -> None:
-        self.armed = True
-        self.rules = RuleExtractor()
-
-    def extract(self, content: str) -> Extraction:
-        if self.armed and POISON in content:
-            raise ExtractionError("this content always fails")
-        return self.rules.extract(content)
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-@pytest.fixture
-def admin_key(settings: Settings) -> str:
-    return settings.api_admin_keys[0].get_secret_value()
-
-
-@pytest.fixture
-def service_key(settings: Settings) -> str:
-    return settings.api_service_keys[0].get_secret_value()
 
 
 @pytest.fixture

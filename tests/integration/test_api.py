@@ -25,7 +25,7 @@ from app.db.connector import Database
 from app.errors import ConfigError
 from app.localservers import free_port
 from app.settings import Settings
-from tests.conftest import TEMPLATE_DB, TestServers, wait_for
+from tests.conftest import TEMPLATE_DB, TestServers, bearer, wait_for
 
 with warnings.catch_warnings():
     # Starlette 1.x prefers httpx2 and warns when it falls back to httpx; the client behaves
@@ -36,20 +36,6 @@ with warnings.catch_warnings():
 pytestmark = pytest.mark.servers
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-@pytest.fixture
-def service_key(settings: Settings) -> str:
-    return settings.api_service_keys[0].get_secret_value()
-
-
-@pytest.fixture
-def admin_key(settings: Settings) -> str:
-    return settings.api_admin_keys[0].get_secret_value()
 
 
 @pytest.fixture
