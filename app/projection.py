@@ -123,12 +123,6 @@ class Projector:
         to_save: list[dict[str, Any]] = []
         for memory_id, memory_rows in by_memory.items():
             state = memory_rows[0]
-            if state.version is None:  # the memory row is gone: nothing left to project
-                with self.db.transaction() as conn:
-                    for r in memory_rows:
-                        conn.execute(q("mark_outbox_done_by_id"), {"id": r.outbox_id})
-                outcome.done += len(memory_rows)
-                continue
             try:
                 extraction = None if state.deleted_at is not None else self._extraction(
                     state, outcome, to_save)

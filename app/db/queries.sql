@@ -155,12 +155,13 @@ RETURNING o.id, o.status;
 
 -- outbox_rows_for_work --
 -- The rows a worker was sent, with their memory's current state; skips finished rows.
+-- (outbox.memory_id cascades on delete, so every row still has its memory.)
 SELECT o.id AS outbox_id, o.memory_id, o.user_id, o.memory_version, o.event_type, o.status,
        o.attempts,
        m.content, m.metadata, m.importance, m.version, m.content_hash, m.entities, m.extractor,
        m.extracted_hash, m.deleted_at, m.user_id AS memory_user_id
 FROM outbox o
-LEFT JOIN memories m ON m.id = o.memory_id
+JOIN memories m ON m.id = o.memory_id
 WHERE o.id = ANY(:ids) AND o.status IN ('pending', 'in_flight')
 ORDER BY o.memory_id;
 
@@ -176,12 +177,6 @@ UPDATE outbox
 SET status = 'done', done_at = now(), lease_expires_at = NULL, updated_at = now()
 WHERE memory_id = :memory_id AND memory_version <= :version
   AND status IN ('pending', 'in_flight');
-
--- mark_outbox_done_by_id --
--- Close one row whose memory no longer exists.
-UPDATE outbox
-SET status = 'done', done_at = now(), lease_expires_at = NULL, updated_at = now()
-WHERE id = :id AND status IN ('pending', 'in_flight');
 
 -- record_failure --
 -- One failed attempt: count it, keep its error, schedule the retry or declare the row dead.
