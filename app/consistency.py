@@ -29,7 +29,12 @@ from app.domain import Extraction, entity_key
 from app.errors import Busy
 from app.extraction import Extractor
 from app.graph.projector import GraphStore, MemoryProjection
-from app.projection import build_projection, extraction_to_json
+from app.projection import (
+    build_projection,
+    cache_is_current,
+    cached_extraction,
+    extraction_params,
+)
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -120,7 +125,7 @@ def as_uuid(value: str | None) -> str | None:
 def expected_keys(row: Row[Any]) -> frozenset[str] | None:
     """Entity keys the cached extraction implies, or None when the cache is not current."""
     m = row._mapping
-    if m["entities"] is None or m["extracted_hash"] != m["content_hash"]:
+    if not cache_is_current(m):
         return None
     # The same keys build_projection derives, without building models: this runs once per
     # memory checked and is the check's hot path.
@@ -379,17 +384,21 @@ class Consistency:
             if not rows:
                 break
             batch: list[MemoryProjection] = []
+            to_save: list[dict[str, Any]] = []
             for row in rows:
                 if row.deleted_at is not None:
                     report.skipped_deleted += 1
                     continue
-                extraction = self._cached_or_fresh(row, reextract, report)
+                extraction = self._extraction(row, reextract, report, to_save)
                 if extraction is None:
                     continue  # no cache and no extractor: the outbox will fill it in
                 projection = build_projection(str(row.memory_id), row.memory_user_id,
                                               int(row.version), int(row.importance),
                                               row.content_hash, extraction)
                 batch.append(projection)
+            if to_save:  # one round trip for the page's fresh extractions
+                with self.db.transaction() as conn:
+                    conn.execute(q("save_extraction"), to_save)
             for i in range(0, len(batch), 500):
                 self.graph.project(batch[i:i + 500])
             report.projected += len(batch)
@@ -403,18 +412,15 @@ class Consistency:
                                         **report.summary()})
         return report
 
-    def _cached_or_fresh(self, row: Row[Any], reextract: bool,
-                         report: RebuildReport) -> Extraction | None:
+    def _extraction(self, row: Row[Any], reextract: bool, report: RebuildReport,
+                    to_save: list[dict[str, Any]]) -> Extraction | None:
+        """The current cache unless ``reextract``; a fresh result is queued in ``to_save``."""
         m = row._mapping
-        cached = m["entities"] is not None and m["extracted_hash"] == m["content_hash"]
-        if cached and not reextract:
-            return Extraction.model_validate(m["entities"])
-        if self.extractor is None:
-            return Extraction.model_validate(m["entities"]) if cached else None
+        cached = cached_extraction(m)
+        if (cached is not None and not reextract) or self.extractor is None:
+            return cached
         extraction = self.extractor.extract(m["content"])
         report.extracted += 1
-        with self.db.transaction() as conn:
-            conn.execute(q("save_extraction"), {
-                "id": m["memory_id"], "entities": json.dumps(extraction_to_json(extraction)),
-                "extractor": self.extractor.identity, "content_hash": m["content_hash"]})
+        to_save.append(extraction_params(m["memory_id"], m["content_hash"],
+                                         self.extractor.identity, extraction))
         return extraction

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Row
+from sqlalchemy import Row, RowMapping
 
 from app.db.connector import Database
 from app.db.sql import q
@@ -49,6 +49,25 @@ class Outcome:
 
 def extraction_to_json(extraction: Extraction) -> dict[str, Any]:
     return extraction.model_dump(mode="json")
+
+
+def cache_is_current(m: RowMapping) -> bool:
+    """Whether a memory row's cached extraction was made from its current content."""
+    return m["entities"] is not None and m["extracted_hash"] == m["content_hash"]
+
+
+def cached_extraction(m: RowMapping, identity: str | None = None) -> Extraction | None:
+    """The current cached extraction of a memory row (made by ``identity``, when given)."""
+    if not cache_is_current(m) or (identity is not None and m["extractor"] != identity):
+        return None
+    return Extraction.model_validate(m["entities"])
+
+
+def extraction_params(memory_id: object, content_hash: str, identity: str,
+                      extraction: Extraction) -> dict[str, Any]:
+    """The parameters of ``save_extraction`` for one fresh result."""
+    return {"id": memory_id, "entities": json.dumps(extraction_to_json(extraction)),
+            "extractor": identity, "content_hash": content_hash}
 
 
 def projection_from_state(row: Row[Any], extraction: Extraction | None) -> MemoryProjection:
@@ -98,16 +117,14 @@ class Projector:
         A fresh result is queued in ``to_save``; the batch writes them in one transaction.
         """
         m = row._mapping
-        if (m["entities"] is not None and m["extracted_hash"] == m["content_hash"]
-                and m["extractor"] == self.extractor.identity):
+        cached = cached_extraction(m, self.extractor.identity)
+        if cached is not None:
             outcome.cache_hits += 1
-            return Extraction.model_validate(m["entities"])
+            return cached
         extraction = self.extractor.extract(m["content"])
         outcome.extracted += 1
-        to_save.append({
-            "id": m["memory_id"], "entities": json.dumps(extraction_to_json(extraction)),
-            "extractor": self.extractor.identity, "content_hash": m["content_hash"],
-        })
+        to_save.append(extraction_params(m["memory_id"], m["content_hash"],
+                                         self.extractor.identity, extraction))
         return extraction
 
     def process(self, outbox_ids: Sequence[int]) -> Outcome:
