@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -213,12 +214,15 @@ class AdminService:
         """A page of dead letters, newest first; pass the last id as ``before_id``."""
         if not 1 <= limit <= MAX_PAGE:
             raise ValidationError(f"limit must be from 1 to {MAX_PAGE}", "limit")
-        f = filters or DeadLetterFilter()
-        rows = self.db.all("list_dead_letters", {
+        return [_row(r) for r in self._dead_letters(filters or DeadLetterFilter(), limit,
+                                                     before_id)]
+
+    def _dead_letters(self, f: DeadLetterFilter, limit: int,
+                      before_id: int | None = None) -> list[Any]:
+        return self.db.all("list_dead_letters", {
             "status": f.status, "user_id": f.user_id, "event_type": f.event_type,
             "error": f.error, "since": f.since, "until": f.until, "before_id": before_id,
             "limit": limit})
-        return [_row(r) for r in rows]
 
     def get_dead_letter(self, dead_letter_id: int) -> dict[str, Any]:
         row = self.db.one("get_dead_letter", {"id": dead_letter_id})
@@ -236,12 +240,9 @@ class AdminService:
         if chosen != 1:
             raise ValidationError("choose dead letters by ids, by a filter, or all")
         if ids is None:
-            f = filters or DeadLetterFilter()
-            f = DeadLetterFilter("dead", f.user_id, f.event_type, f.error, f.since, f.until)
-            ids = [int(r.id) for r in self.db.all("list_dead_letters", {
-                "status": "dead", "user_id": f.user_id, "event_type": f.event_type,
-                "error": f.error, "since": f.since, "until": f.until, "before_id": None,
-                "limit": 1_000_000})]
+            # Only open dead letters can be replayed, whatever status the filter names.
+            f = dataclasses.replace(filters or DeadLetterFilter(), status="dead")
+            ids = [int(r.id) for r in self._dead_letters(f, limit=1_000_000)]
         else:
             for i in ids:
                 self.get_dead_letter(i)  # NotFound for an unknown id
