@@ -146,7 +146,8 @@ class Server:
     name = "server"
     marker = ""  # a string the server's command line must contain for ``down`` to signal it
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
         self.dir = state_dir / self.name
         self.pid_file = self.dir / "server.pid"
         self.log_file = self.dir / "server.log"
@@ -155,11 +156,11 @@ class Server:
 
     @property
     def address(self) -> str:
-        raise NotImplementedError
+        return f"{self.endpoint.host}:{self.endpoint.port}"
 
     @property
     def local(self) -> bool:
-        return True
+        return self.endpoint.local
 
     def pid(self) -> int | None:
         """The pid from the pid file, if that process is alive and still our server."""
@@ -237,6 +238,14 @@ class Server:
         self.pid_file.write_text(f"{proc.pid}\n")
         return proc.pid
 
+    def _wait(self, check: Callable[[], bool], timeout: float = 30.0,
+              interval: float = 0.1) -> None:
+        """Poll ``check`` until ready, or fail with the tail of the server's log."""
+        try:
+            wait_until(check, timeout, self.name, interval)
+        except ServiceError as exc:
+            raise self._fail("did not become ready") from exc
+
     def _fail(self, message: str) -> ServiceError:
         log_tail = _tail(self.log_file)
         return ServiceError(f"{self.name}: {message}\n--- {self.log_file} ---\n{log_tail}")
@@ -249,18 +258,9 @@ class Postgres(Server):
     marker = "postgres"
 
     def __init__(self, state_dir: Path, url: str) -> None:
-        super().__init__(state_dir)
-        self.endpoint = Endpoint.parse(url, 5432)
+        super().__init__(state_dir, Endpoint.parse(url, 5432))
         self.data = self.dir / "data"
         self.log_file = self.dir / "postgres.log"
-
-    @property
-    def address(self) -> str:
-        return f"{self.endpoint.host}:{self.endpoint.port}"
-
-    @property
-    def local(self) -> bool:
-        return self.endpoint.local
 
     @staticmethod
     def bin_dir() -> Path:
@@ -350,7 +350,7 @@ class Postgres(Server):
                 conn.execute(f'CREATE DATABASE "{dbname}"')
 
     def wait_ready(self) -> None:
-        wait_until(lambda: port_open("127.0.0.1", self.endpoint.port), 30, "postgres")
+        self._wait(lambda: port_open("127.0.0.1", self.endpoint.port))
 
     def down(self, timeout: float = 30.0) -> None:
         if self.pid() is None:
@@ -372,16 +372,7 @@ class Redis(Server):
     marker = "redis-server"
 
     def __init__(self, state_dir: Path, url: str) -> None:
-        super().__init__(state_dir)
-        self.endpoint = Endpoint.parse(url, 6379)
-
-    @property
-    def address(self) -> str:
-        return f"{self.endpoint.host}:{self.endpoint.port}"
-
-    @property
-    def local(self) -> bool:
-        return self.endpoint.local
+        super().__init__(state_dir, Endpoint.parse(url, 6379))
 
     @staticmethod
     def binary() -> str:
@@ -435,12 +426,6 @@ class Redis(Server):
         finally:
             client.close()
 
-    def _wait(self, check: Callable[[], bool]) -> None:
-        try:
-            wait_until(check, 30, self.name)
-        except ServiceError as exc:
-            raise self._fail("did not become ready") from exc
-
 
 class Neo4j(Server):
     """Neo4j 5.26 Community, embedded by our Java launcher with its Bolt connector on loopback."""
@@ -450,20 +435,11 @@ class Neo4j(Server):
 
     def __init__(self, state_dir: Path, uri: str, user: str, password: str,
                  page_cache_mb: int = 128, heap_mb: int = 768) -> None:
-        super().__init__(state_dir)
-        self.endpoint = Endpoint.parse(uri, 7687)
+        super().__init__(state_dir, Endpoint.parse(uri, 7687))
         self.user = user
         self.password = password
         self.page_cache_mb = page_cache_mb
         self.heap_mb = heap_mb
-
-    @property
-    def address(self) -> str:
-        return f"{self.endpoint.host}:{self.endpoint.port}"
-
-    @property
-    def local(self) -> bool:
-        return self.endpoint.local
 
     @staticmethod
     def classpath() -> str:
@@ -498,21 +474,16 @@ class Neo4j(Server):
     def wait_ready(self) -> None:
         from neo4j import GraphDatabase
 
-        def ready() -> bool:
-            if self.pid() is None:
-                raise_now.append(True)
+        def ready_or_exited() -> bool:
+            if self.pid() is None:  # stop waiting: the launcher died
                 return True
             with GraphDatabase.driver(f"bolt://127.0.0.1:{self.endpoint.port}",
                                       auth=(self.user, self.password)) as driver:
                 driver.verify_connectivity()
             return True
 
-        raise_now: list[bool] = []
-        try:
-            wait_until(ready, 120, self.name, interval=0.25)
-        except ServiceError as exc:
-            raise self._fail("did not become ready") from exc
-        if raise_now:
+        self._wait(ready_or_exited, timeout=120, interval=0.25)
+        if self.pid() is None:
             raise self._fail("the launcher exited")
 
 

@@ -47,11 +47,11 @@ class TestServers:
     state_dir: Path
 
     def admin_dsn(self, dbname: str = "postgres") -> str:
-        port = self.servers.get("postgres").endpoint.port  # type: ignore[attr-defined]
+        port = self.servers.get("postgres").endpoint.port
         return f"postgresql://{PG_USER}:{PG_PASSWORD}@127.0.0.1:{port}/{dbname}"
 
     def settings(self, database: str, **overrides: object) -> Settings:
-        port = self.servers.get("postgres").endpoint.port  # type: ignore[attr-defined]
+        port = self.servers.get("postgres").endpoint.port
         values: dict[str, object] = {
             "database_url": f"postgresql+psycopg://{PG_USER}:{PG_PASSWORD}@127.0.0.1:{port}/{database}",
             "redis_url": self.urls.redis_url,
