@@ -43,9 +43,7 @@ def _settings() -> Settings:
     try:
         return load_settings()
     except MemoryPersistenceError as exc:
-        # soft_wrap: one line, however narrow the terminal (scripts match on it).
-        err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
-        raise typer.Exit(2) from None
+        _fail(str(exc), EXIT_USAGE)
 
 
 def local_servers(settings: Settings) -> LocalServers:
@@ -82,8 +80,7 @@ def services_up() -> None:
     try:
         servers.up(report)
     except MemoryPersistenceError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+        _fail(str(exc), 1)
 
 
 @services_app.command("down")
@@ -92,8 +89,7 @@ def services_down() -> None:
     try:
         local_servers(_settings()).down()
     except MemoryPersistenceError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+        _fail(str(exc), 1)
 
 
 @services_app.command("status")
@@ -115,8 +111,7 @@ def migrate(
     try:
         upgrade(_settings(), revision)
     except MemoryPersistenceError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+        _fail(str(exc), 1)
     err_console.print(f"database migrated to {revision}")
 
 
@@ -262,7 +257,11 @@ def _emit_json(value: object) -> None:
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    """Say what went wrong on stderr, on one line, then exit with ``code``."""
+    """Say what went wrong on stderr, then exit with ``code``.
+
+    soft_wrap keeps a one-line message on one line however narrow the terminal (scripts match
+    on it); escape keeps brackets in messages and log tails from being read as markup.
+    """
     err_console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
