@@ -1,7 +1,8 @@
-# Image for docker-compose.yml (web, relay, worker, scheduler, migrate).
+# Image for docker-compose.yml (web, relay, worker, scheduler, migrate): the package installed
+# non-editable, migrations inside it (app/migrations), no development tooling.
 FROM python:3.11-slim
 WORKDIR /srv
-COPY pyproject.toml README.md alembic.ini Procfile ./
+COPY pyproject.toml README.md ./
 COPY app app
 COPY workers workers
 COPY alembic alembic

@@ -6,10 +6,14 @@ looks for unmentioned entities and edges across users. Findings are stored (dedu
 fingerprint) in ``inconsistencies``; a complete check marks what it no longer sees resolved.
 
 Memories with an outbox row in flight are in transit, not inconsistent, and are skipped.
+
+``run(SyncRequest)`` is the one dispatch of check, repair, full and rebuild that ``memctl sync``
+and ``POST /api/persistence/sync`` share.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -21,19 +25,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Row
-
-from app.db.connector import Database
-from app.db.sql import q
-from app.domain import Extraction, entity_key
-from app.errors import Busy
+from app.db.connector import Database, Row
+from app.domain import Extraction, MemoryState
+from app.errors import Busy, ValidationError
 from app.extraction import Extractor
-from app.graph.projector import GraphStore, MemoryProjection
+from app.graph.base import GraphStore, MemoryProjection
+from app.outbox import Outbox
 from app.projection import (
     build_projection,
-    cache_is_current,
     cached_extraction,
-    extraction_params,
+    expected_keys,
+    extraction_record,
 )
 from app.settings import Settings
 
@@ -43,8 +45,12 @@ Kind = Literal["missing_in_graph", "stale_version", "orphan_memory", "entity_mis
                "orphan_entity", "cross_user"]
 KINDS: tuple[Kind, ...] = ("missing_in_graph", "stale_version", "orphan_memory",
                            "entity_mismatch", "orphan_entity", "cross_user")
+Operation = Literal["check", "repair", "full", "rebuild"]
+OPERATIONS: tuple[Operation, ...] = ("check", "repair", "full", "rebuild")
 ZERO_UUID = "00000000-0000-0000-0000-000000000000"
-Progress = Callable[[str, int], None]  # (phase, items done in this step)
+SYNC_LOCK = "memctl-sync"
+# (phase, items done in this step, the phase's total when known)
+Progress = Callable[[str, int, int | None], None]
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,65 @@ class RebuildReport:
                 "extracted": self.extracted, "seconds": round(self.seconds, 3)}
 
 
+@dataclass(frozen=True)
+class SyncRequest:
+    """One consistency operation, validated once for every door (CLI, HTTP)."""
+
+    operation: Operation
+    user_id: str | None = None
+    limit: int | None = None
+    dry_run: bool = False
+    reextract: bool = False
+
+    def __post_init__(self) -> None:
+        if self.operation not in OPERATIONS:
+            raise ValidationError("operation: must be check, repair, full or rebuild",
+                                  "operation")
+        if self.operation == "rebuild" and self.dry_run:
+            raise ValidationError("dryRun: rebuild has no dry run", "dryRun")
+        if self.operation == "rebuild" and self.limit is not None:
+            raise ValidationError("limit: rebuild always covers every memory in scope", "limit")
+        if self.operation != "rebuild" and self.reextract:
+            raise ValidationError("reextract: applies to rebuild only", "reextract")
+        if self.limit is not None and self.limit < 1:
+            raise ValidationError("limit: must be at least 1", "limit")
+
+
+@dataclass
+class SyncReport:
+    """What ``Consistency.run`` did."""
+
+    request: SyncRequest
+    check: CheckReport | None = None
+    repair: RepairReport | None = None
+    rebuild: RebuildReport | None = None
+
+    @property
+    def consistent(self) -> bool | None:
+        """check/full: whether the check found nothing."""
+        return self.check.consistent if self.check is not None else None
+
+    @property
+    def failed(self) -> bool:
+        """A check that found something is the failure a monitor looks for; a full run that
+        repaired what it found succeeded (the repair is queued through the outbox)."""
+        return (self.check is not None and not self.check.consistent
+                and (self.request.operation == "check" or self.request.dry_run))
+
+    def as_dict(self, max_findings: int | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"operation": self.request.operation}
+        if self.check is not None:
+            out["consistent"] = self.check.consistent
+            out["check"] = self.check.summary()
+            out["findings"] = [dataclasses.asdict(f)
+                               for f in self.check.findings[:max_findings]]
+        if self.repair is not None:
+            out["repair"] = self.repair.summary()
+        if self.rebuild is not None:
+            out["rebuild"] = self.rebuild.summary()
+        return out
+
+
 def as_uuid(value: str | None) -> str | None:
     """The value if it is a UUID (Postgres ids are), else None."""
     try:
@@ -122,55 +187,71 @@ def as_uuid(value: str | None) -> str | None:
         return None
 
 
-def expected_keys(row: Row[Any]) -> frozenset[str] | None:
-    """Entity keys the cached extraction implies, or None when the cache is not current."""
-    m = row._mapping
-    if not cache_is_current(m):
-        return None
-    # The same keys build_projection derives, without building models: this runs once per
-    # memory checked and is the check's hot path.
-    user = m["user_id"]
-    return frozenset(entity_key(user, e["type"], e["name"])
-                     for e in m["entities"].get("entities", ()))
-
-
 class Consistency:
     """Check, repair and rebuild the graph against Postgres."""
 
-    def __init__(self, settings: Settings, db: Database, graph: GraphStore,
+    def __init__(self, settings: Settings, db: Database, outbox: Outbox, graph: GraphStore,
                  extractor: Extractor | None = None, page_size: int = 2000) -> None:
         self.settings = settings
         self.db = db
+        self.outbox = outbox
         self.graph = graph
         self.extractor = extractor
         self.page_size = page_size
 
+    # -- the one dispatch -----------------------------------------------------------------
+
+    def run(self, request: SyncRequest, progress: Progress | None = None) -> SyncReport:
+        """Run one operation and report it; fails fast (GraphUnavailable) when Neo4j is down."""
+        self.graph.ping()  # rather than after the driver's retries
+        report = SyncReport(request)
+        op, user = request.operation, request.user_id
+        if op == "rebuild":
+            report.rebuild = self.rebuild(user, reextract=request.reextract, progress=progress)
+        elif op == "repair":
+            report.repair = self.repair(user_id=user, limit=request.limit,
+                                        dry_run=request.dry_run)
+        elif op == "check":
+            report.check = self.check(user, limit=request.limit, store=not request.dry_run,
+                                      progress=progress)
+        else:
+            report.check, report.repair = self.full(user, limit=request.limit,
+                                                    dry_run=request.dry_run, progress=progress)
+        return report
+
+    def total(self, user_id: str | None, limit: int | None = None) -> int:
+        """Memories (live and deleted) in scope: the size of a check's or rebuild's walk."""
+        row = self.db.one("memory_stats", {"user_id": user_id})
+        total = int(row["live"]) + int(row["deleted"]) if row is not None else 0
+        return min(total, limit) if limit is not None else total
+
     # -- check ----------------------------------------------------------------------------
 
-    def _compare_page(self, rows: list[Row[Any]], report: CheckReport) -> None:
-        snapshot = self.graph.snapshot([str(r.id) for r in rows])
+    def _compare_page(self, rows: list[Row], report: CheckReport) -> None:
+        snapshot = self.graph.snapshot([str(r["id"]) for r in rows])
         for row in rows:
-            mid, user = str(row.id), row.user_id
-            if row.in_transit:
+            state = MemoryState.from_row(row)
+            mid, user = str(state.id), state.user_id
+            if row["in_transit"]:
                 report.in_transit += 1
                 continue
             node = snapshot.get(mid)
-            if row.deleted_at is not None:
+            if state.deleted:
                 if node is not None and not node.deleted:
                     report.findings.append(Finding("orphan_memory", user, mid, details={
                         "reason": "deleted in Postgres, live in the graph",
-                        "graph_version": node.version, "postgres_version": row.version}))
+                        "graph_version": node.version, "postgres_version": state.version}))
                 continue
             if node is None or node.deleted:
                 report.findings.append(Finding("missing_in_graph", user, mid, details={
-                    "postgres_version": row.version,
+                    "postgres_version": state.version,
                     "graph": "tombstone" if node is not None else "absent"}))
                 continue
-            if node.version != row.version:
+            if node.version != state.version:
                 report.findings.append(Finding("stale_version", user, mid, details={
-                    "postgres_version": row.version, "graph_version": node.version}))
+                    "postgres_version": state.version, "graph_version": node.version}))
                 continue
-            keys = expected_keys(row)
+            keys = expected_keys(state)
             if keys is not None and keys != node.entity_keys:
                 report.findings.append(Finding("entity_mismatch", user, mid, details={
                     "missing": sorted(keys - node.entity_keys)[:20],
@@ -179,18 +260,11 @@ class Consistency:
     @contextmanager
     def _sync_lock(self, exclusive: bool) -> Iterator[None]:
         """Hold the sync lock (a session-level advisory lock) or raise Busy."""
-        kind = "exclusive" if exclusive else "shared"
-        with self.db.engine.connect() as conn:
-            got = conn.execute(q(f"sync_lock_{kind}")).scalar()
-            conn.commit()
+        with self.db.advisory_lock(SYNC_LOCK, shared=not exclusive) as got:
             if not got:
                 raise Busy("a rebuild is running; try again when it ends" if not exclusive
                            else "a check or rebuild is running; try again when it ends")
-            try:
-                yield
-            finally:
-                conn.execute(q(f"sync_unlock_{kind}"))
-                conn.commit()
+            yield
 
     def check(self, user_id: str | None = None, *, limit: int | None = None,
               store: bool = True, progress: Progress | None = None) -> CheckReport:
@@ -205,11 +279,12 @@ class Consistency:
                progress: Progress | None) -> CheckReport:
         started = time.monotonic()
         report = CheckReport()
+        total = self.total(user_id, limit) if progress else None
         run_id, since = None, None
         if store:
             row = self.db.one("check_run_start", {"scope": user_id or "all"})
             assert row is not None
-            run_id, since = row.id, row.started_at
+            run_id, since = int(row["id"]), row["started_at"]
             report.run_id = run_id
 
         after = ZERO_UUID
@@ -225,9 +300,9 @@ class Consistency:
                 break
             self._compare_page(rows, report)
             report.checked += len(rows)
-            after = str(rows[-1].id)
+            after = str(rows[-1]["id"])
             if progress:
-                progress("memories", len(rows))
+                progress("memories", len(rows), total)
             if len(rows) < size:
                 break
 
@@ -248,7 +323,7 @@ class Consistency:
             if not nodes:
                 break
             ids = [i for n in nodes if (i := as_uuid(n.id)) is not None]
-            known = {str(r.id) for r in self.db.all("memories_known", {"ids": ids})}
+            known = {str(r["id"]) for r in self.db.all("memories_known", {"ids": ids})}
             for node in nodes:
                 if as_uuid(node.id) not in known and not node.deleted:
                     report.findings.append(Finding("orphan_memory", node.user_id, node.id,
@@ -258,7 +333,7 @@ class Consistency:
             report.graph_nodes_checked += len(nodes)
             after = nodes[-1].id
             if progress:
-                progress("graph", len(nodes))
+                progress("graph", len(nodes), None)
             if len(nodes) < self.page_size:
                 break
         for key, owner in self.graph.orphan_entities(user_id, 10_000):
@@ -269,16 +344,15 @@ class Consistency:
                 details={"other_user": edge["other_user"]}))
 
     def _store(self, report: CheckReport, user_id: str | None, since: datetime | None) -> None:
-        with self.db.transaction() as conn:
-            for f in report.findings:
-                conn.execute(q("upsert_inconsistency"), {
-                    # A graph id that is no UUID is kept in details (graph_id) only.
-                    "kind": f.kind, "user_id": f.user_id, "memory_id": as_uuid(f.memory_id),
-                    "entity_key": f.entity_key, "fingerprint": f.fingerprint,
-                    "details": json.dumps(f.details)})
+        with self.db.transaction() as tx:
+            tx.execute_many("upsert_inconsistency", [{
+                # A graph id that is no UUID is kept in details (graph_id) only.
+                "kind": f.kind, "user_id": f.user_id, "memory_id": as_uuid(f.memory_id),
+                "entity_key": f.entity_key, "fingerprint": f.fingerprint,
+                "details": json.dumps(f.details)} for f in report.findings])
             if report.complete and since is not None:
-                conn.execute(q("resolve_unseen"), {"since": since, "user_id": user_id})
-            conn.execute(q("check_run_finish"), {
+                tx.execute("resolve_unseen", {"since": since, "user_id": user_id})
+            tx.execute("check_run_finish", {
                 "id": report.run_id, "checked": report.checked, "found": len(report.findings),
                 "result": json.dumps(report.summary())})
         report.stored = True
@@ -289,15 +363,17 @@ class Consistency:
                limit: int | None = None, dry_run: bool = False) -> RepairReport:
         """Fix findings: queue outbox events for memories Postgres has, remove graph orphans.
 
-        With no ``findings`` given, repairs the stored open inconsistencies.
+        With no ``findings`` given, repairs the stored open inconsistencies. Graph-only
+        removals come first (cross-user edges, memories Postgres never had, orphan entities),
+        then the resyncs, which re-project through the normal, version-fenced path.
         """
         if findings is None:
             rows = self.db.all("open_inconsistencies", {"user_id": user_id,
                                                         "limit": limit or 1_000_000})
-            findings = [Finding(r.kind, r.user_id,
-                                r.details.get("graph_id") or (str(r.memory_id) if r.memory_id
-                                                              else None),
-                                r.entity_key, r.details) for r in rows]
+            findings = [Finding(r["kind"], r["user_id"],
+                                r["details"].get("graph_id")
+                                or (str(r["memory_id"]) if r["memory_id"] else None),
+                                r["entity_key"], r["details"]) for r in rows]
         elif limit is not None:
             findings = findings[:limit]
         report = RepairReport(dry_run=dry_run)
@@ -320,7 +396,7 @@ class Consistency:
         # memories Postgres really has are queued.
         if resync:
             valid = sorted(i for m in resync if (i := as_uuid(m)) is not None)
-            known = {str(r.id) for r in self.db.all("memories_known", {"ids": valid})}
+            known = {str(r["id"]) for r in self.db.all("memories_known", {"ids": valid})}
             never_had |= resync - known
             resync &= known
         if dry_run:
@@ -336,17 +412,12 @@ class Consistency:
             report.removed_memories = self.graph.remove_memories(sorted(never_had))
         if orphans:
             report.removed_entities = self.graph.remove_orphan_entities(sorted(orphans))
-        if resync:
-            with self.db.transaction() as conn:
-                report.queued = len(conn.execute(q("queue_resync"),
-                                                 {"ids": sorted(resync)}).all())
-                conn.execute(q("notify_outbox"))
+        report.queued = self.outbox.queue_resync(sorted(resync))
         fixed = [f.fingerprint for f in findings
                  if f.kind == "orphan_entity"
                  or (f.kind == "orphan_memory" and (f.memory_id or "") in never_had)]
         if fixed:
-            with self.db.transaction() as conn:
-                conn.execute(q("resolve_fingerprints"), {"fingerprints": fixed})
+            self.db.execute("resolve_fingerprints", {"fingerprints": fixed})
         log.info("repair done", extra={"action": "sync.repair", **report.summary()})
         return report
 
@@ -376,6 +447,7 @@ class Consistency:
                  progress: Progress | None) -> RebuildReport:
         started = time.monotonic()
         report = RebuildReport()
+        total = self.total(user_id) if progress else None
         self.graph.clear(user_id)
         after = ZERO_UUID
         while True:
@@ -386,25 +458,25 @@ class Consistency:
             batch: list[MemoryProjection] = []
             to_save: list[dict[str, Any]] = []
             for row in rows:
-                if row.deleted_at is not None:
+                state = MemoryState.from_row(row)
+                if state.deleted:
                     report.skipped_deleted += 1
                     continue
-                extraction = self._extraction(row, reextract, report, to_save)
+                extraction = self._extraction(state, reextract, report, to_save)
                 if extraction is None:
                     continue  # no cache and no extractor: the outbox will fill it in
-                projection = build_projection(str(row.memory_id), row.memory_user_id,
-                                              int(row.version), int(row.importance),
-                                              row.content_hash, extraction)
-                batch.append(projection)
+                batch.append(build_projection(str(state.id), state.user_id, state.version,
+                                              state.importance, state.content_hash,
+                                              extraction))
             if to_save:  # one round trip for the page's fresh extractions
-                with self.db.transaction() as conn:
-                    conn.execute(q("save_extraction"), to_save)
+                with self.db.transaction() as tx:
+                    tx.execute_many("save_extraction", to_save)
             for i in range(0, len(batch), 500):
                 self.graph.project(batch[i:i + 500])
             report.projected += len(batch)
-            after = str(rows[-1].memory_id)
+            after = str(rows[-1]["memory_id"])
             if progress:
-                progress("rebuild", len(rows))
+                progress("rebuild", len(rows), total)
             if len(rows) < self.page_size:
                 break
         report.seconds = time.monotonic() - started
@@ -412,15 +484,29 @@ class Consistency:
                                         **report.summary()})
         return report
 
-    def _extraction(self, row: Row[Any], reextract: bool, report: RebuildReport,
+    def _extraction(self, state: MemoryState, reextract: bool, report: RebuildReport,
                     to_save: list[dict[str, Any]]) -> Extraction | None:
         """The current cache unless ``reextract``; a fresh result is queued in ``to_save``."""
-        m = row._mapping
-        cached = cached_extraction(m)
+        cached = cached_extraction(state)
         if (cached is not None and not reextract) or self.extractor is None:
             return cached
-        extraction = self.extractor.extract(m["content"])
+        extraction = self.extractor.extract(state.content)
         report.extracted += 1
-        to_save.append(extraction_params(m["memory_id"], m["content_hash"],
+        to_save.append(extraction_record(state.id, state.content_hash,
                                          self.extractor.identity, extraction))
         return extraction
+
+    # -- tombstones -----------------------------------------------------------------------
+
+    def prune_tombstones(self, limit: int = 1000) -> int:
+        """Forget deleted memories past retention that no delivery waits for any more.
+
+        The graph's tombstone goes first, then the Postgres row: a crash between the two
+        leaves a row whose next pruning removes it; never a live fence removed early.
+        """
+        rows = self.db.all("prunable_tombstones", {
+            "age_seconds": self.settings.tombstone_retention_hours * 3600, "limit": limit})
+        if not rows:
+            return 0
+        self.graph.prune_tombstones([str(r["id"]) for r in rows])
+        return self.db.execute("purge_memories", {"ids": [r["id"] for r in rows]})

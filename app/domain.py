@@ -6,13 +6,18 @@ import hashlib
 import json
 import unicodedata
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 EventType = Literal["upsert", "delete", "resync"]
-OutboxStatus = Literal["pending", "in_flight", "done", "dead"]
+
+# Bounds of the API's inputs and pages.
+MAX_USER_ID = 128
+MAX_PAGE = 500
+MAX_TOP_K = 100
 
 
 class Memory(BaseModel):
@@ -45,9 +50,6 @@ class Entity(BaseModel):
     name: str
     type: str
 
-    def key(self, user_id: str) -> str:
-        return entity_key(user_id, self.type, self.name)
-
 
 class Relation(BaseModel):
     """A relationship between two entities of one memory; the predicate is data, not a type."""
@@ -71,6 +73,42 @@ class Extraction(BaseModel):
 class Page(BaseModel):
     items: list[Memory]
     next_cursor: str | None = None
+
+
+@dataclass(frozen=True)
+class MemoryState:
+    """A memory row as projection, checks and rebuilds read it (not an API shape).
+
+    ``entities`` is the cached extraction as stored (JSON), made by ``extractor`` from the
+    content whose hash is ``extracted_hash``.
+    """
+
+    id: uuid.UUID
+    user_id: str
+    version: int
+    deleted: bool
+    importance: int = 5
+    content: str = ""
+    content_hash: str = ""
+    entities: dict[str, Any] | None = None
+    extractor: str | None = None
+    extracted_hash: str | None = None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> MemoryState:
+        """From a statement's columns (``memory_id``/``memory_user_id`` where a join renames)."""
+        return cls(
+            id=row.get("memory_id") or row["id"],
+            user_id=row.get("memory_user_id") or row["user_id"],
+            version=int(row["version"]),
+            deleted=row["deleted_at"] is not None,
+            importance=int(row.get("importance") or 5),
+            content=row.get("content") or "",
+            content_hash=row.get("content_hash") or "",
+            entities=row.get("entities"),
+            extractor=row.get("extractor"),
+            extracted_hash=row.get("extracted_hash"),
+        )
 
 
 def normalise_name(name: str) -> str:

@@ -10,7 +10,7 @@ from typing import Protocol
 
 import httpx
 
-from app.errors import ConfigError, MemoryPersistenceError
+from app.errors import ConfigError, EmbeddingError
 from app.settings import Settings
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -22,12 +22,6 @@ class Embedder(Protocol):
     def embed(self, texts: list[str]) -> list[list[float]]:
         """One L2-normalised vector of length ``dim`` per text."""
         ...
-
-
-class EmbeddingError(MemoryPersistenceError):
-    """The embedding backend failed."""
-
-    retryable = True
 
 
 class HashingEmbedder:

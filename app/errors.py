@@ -1,65 +1,145 @@
 """The project's error tree. Adapters convert driver errors into these (``raise ... from exc``).
 
-    MemoryPersistenceError
-    ├── ConfigError            a setting is missing or malformed
-    ├── ServiceError           a local server could not be started or stopped
-    ├── ValidationError        input the caller must fix (HTTP 422)
-    ├── NotFound               no such memory for this user (HTTP 404)
-    ├── VersionConflict        expected version is stale (HTTP 409)
-    ├── IdempotencyConflict    an Idempotency-Key reused with another body (HTTP 422)
-    ├── Busy                   a conflicting operation is running, e.g. a rebuild (HTTP 409)
-    ├── StoreError             Postgres failed
-    │   └── StoreUnavailable   Postgres cannot be reached (retryable)
-    ├── GraphError             Neo4j failed
-    │   └── GraphUnavailable   Neo4j unreachable or a transient error (retryable)
-    ├── QueueError             Redis / Dramatiq failed
-    └── ExtractionError        the extractor failed
-        └── ExtractionRetryable  e.g. a malformed LLM answer or a timeout
+    MemoryPersistenceError        500 internal_error
+    ├── ConfigError               a setting is missing or malformed (CLI exit 2)
+    ├── Misconfigured             a server refuses our credentials or lacks our database
+    │   ├── StoreMisconfigured    (also a StoreError)
+    │   └── GraphMisconfigured    (also a GraphError)
+    ├── ServiceError              a local development server could not start or stop
+    ├── ValidationError           422 validation_error: input the caller must fix
+    ├── IdempotencyConflict       422 idempotency_conflict: a key reused with another body
+    ├── Unauthorized              401 unauthorized: no key, or an unknown one
+    ├── Forbidden                 403 forbidden: the key's scope does not allow it
+    ├── NotFound                  404 not_found: no such memory for this user
+    │   └── DeadLetterNotFound    404 not_found: no such dead letter
+    ├── VersionConflict           409 version_conflict: the expected version is stale
+    ├── Busy                      409 busy: a conflicting operation runs (a rebuild)
+    ├── AlreadyResolved           409 already_resolved: a dead letter was replayed or discarded
+    ├── StoreError                500: Postgres failed
+    │   └── StoreUnavailable      503 store_unavailable: cannot reach Postgres (retryable)
+    ├── GraphError                500: Neo4j failed
+    │   └── GraphUnavailable      503 unavailable: unreachable or transient (retryable)
+    ├── QueueError                503 unavailable: Redis / Dramatiq failed (retryable)
+    ├── EmbeddingError            503 embedding_unavailable: the embedder failed (retryable)
+    └── ExtractionError           the extractor failed on this content (a poison event)
+        └── ExtractionRetryable   may pass on a later try (a timeout, a malformed answer)
+
+Each class carries its HTTP ``status`` and ``code``; ``public`` is the fixed message an HTTP
+answer shows instead of ``str(exc)`` where the text may hold internals (driver messages).
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 
 class MemoryPersistenceError(Exception):
     """Base of every error this project raises on purpose."""
 
-    retryable = False
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    public: ClassVar[str | None] = "internal error"
+    retryable: ClassVar[bool] = False
+    field: str | None = None
+
+    def __init__(self, message: str = "", *, field: str | None = None) -> None:
+        super().__init__(message)
+        if field is not None:
+            self.field = field
 
 
 class ConfigError(MemoryPersistenceError):
     """A setting is missing or malformed."""
 
 
+class Misconfigured(MemoryPersistenceError):
+    """A server refuses our credentials, or lacks the database or schema we were told to use.
+
+    Not an outage: retrying cannot help until an operator fixes a setting.
+    """
+
+
 class ServiceError(MemoryPersistenceError):
-    """A local server could not be started, reached or stopped."""
+    """A local development server could not be started, reached or stopped."""
 
 
 class ValidationError(MemoryPersistenceError):
     """Input the caller must fix; ``field`` names the offending field."""
 
+    status = 422
+    code = "validation_error"
+    public: ClassVar[str | None] = None
+
     def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
+        super().__init__(message, field=field)
+
+
+class IdempotencyConflict(MemoryPersistenceError):
+    """An Idempotency-Key was reused with a different request."""
+
+    status = 422
+    code = "idempotency_conflict"
+    public: ClassVar[str | None] = None
+    field = "Idempotency-Key"
+
+
+class Unauthorized(MemoryPersistenceError):
+    """No API key, or one that is not known (HTTP 401)."""
+
+    status = 401
+    code = "unauthorized"
+    public: ClassVar[str | None] = None
+
+
+class Forbidden(MemoryPersistenceError):
+    """A valid key whose scope does not allow this operation (HTTP 403)."""
+
+    status = 403
+    code = "forbidden"
+    public: ClassVar[str | None] = None
 
 
 class NotFound(MemoryPersistenceError):
     """No such memory for this user (another user's memory is reported the same way)."""
 
+    status = 404
+    code = "not_found"
+    public: ClassVar[str | None] = None
+
+
+class DeadLetterNotFound(NotFound):
+    """No dead letter with this id."""
+
+    public: ClassVar[str | None] = "dead letter not found"
+
 
 class VersionConflict(MemoryPersistenceError):
     """The caller's expected version is not the current one."""
+
+    status = 409
+    code = "version_conflict"
+    public: ClassVar[str | None] = None
+    field = "expected_version"
 
     def __init__(self, message: str, current_version: int) -> None:
         super().__init__(message)
         self.current_version = current_version
 
 
-class IdempotencyConflict(MemoryPersistenceError):
-    """An Idempotency-Key was reused with a different request."""
-
-
 class Busy(MemoryPersistenceError):
     """A conflicting operation is running (a rebuild during a check, two rebuilds)."""
+
+    status = 409
+    code = "busy"
+    public: ClassVar[str | None] = None
+
+
+class AlreadyResolved(MemoryPersistenceError):
+    """A dead letter was already replayed or discarded."""
+
+    status = 409
+    code = "already_resolved"
+    public: ClassVar[str | None] = None
 
 
 class StoreError(MemoryPersistenceError):
@@ -69,7 +149,14 @@ class StoreError(MemoryPersistenceError):
 class StoreUnavailable(StoreError):
     """Postgres cannot be reached."""
 
+    status = 503
+    code = "store_unavailable"
+    public = "the database is unavailable; retry"
     retryable = True
+
+
+class StoreMisconfigured(StoreError, Misconfigured):
+    """Postgres refused our login, or the database or its schema is missing."""
 
 
 class GraphError(MemoryPersistenceError):
@@ -79,12 +166,31 @@ class GraphError(MemoryPersistenceError):
 class GraphUnavailable(GraphError):
     """Neo4j is unreachable or answered with a transient error (deadlock, leader switch)."""
 
+    status = 503
+    code = "unavailable"
+    public = "a backend is unavailable; retry"
     retryable = True
+
+
+class GraphMisconfigured(GraphError, Misconfigured):
+    """Neo4j refused our credentials, or the URI or database is wrong."""
 
 
 class QueueError(MemoryPersistenceError):
     """Redis or Dramatiq failed."""
 
+    status = 503
+    code = "unavailable"
+    public = "a backend is unavailable; retry"
+    retryable = True
+
+
+class EmbeddingError(MemoryPersistenceError):
+    """The embedding backend failed."""
+
+    status = 503
+    code = "embedding_unavailable"
+    public = "the embedding backend is unavailable; retry"
     retryable = True
 
 

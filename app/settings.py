@@ -126,6 +126,26 @@ class Settings(BaseSettings):
         """The database URL in the form plain psycopg (LISTEN/NOTIFY) expects."""
         return self.database_url.replace("postgresql+psycopg://", "postgresql://", 1)
 
+    def process_env(self) -> dict[str, str]:
+        """Every setting as the environment variable a child process reads it from.
+
+        Secrets are rendered in clear: the result is for a child's environment, never a log.
+        """
+        env: dict[str, str] = {}
+        for name in type(self).model_fields:
+            env[name.upper()] = _render(getattr(self, name))
+        return env
+
+
+def _render(value: object) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, tuple):
+        return ",".join(_render(v) for v in value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
 
 def load_settings(**overrides: object) -> Settings:
     """Read the settings; a bad value raises ConfigError with one line naming the variable."""

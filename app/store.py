@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row
-
-from app.db.connector import Database
-from app.db.sql import q
+from app.db.connector import Database, Row, Tx
 from app.domain import (
+    MAX_PAGE,
+    MAX_TOP_K,
+    MAX_USER_ID,
     Entity,
     EventType,
     Memory,
@@ -31,14 +31,12 @@ from app.domain import (
 )
 from app.embeddings import Embedder, to_pgvector
 from app.errors import IdempotencyConflict, NotFound, ValidationError, VersionConflict
+from app.outbox import Outbox
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
-MAX_USER_ID = 128
 SearchResults = list[ScoredMemory]  # named here: MemoryService.list shadows the builtin inside
-MAX_PAGE = 500
-MAX_TOP_K = 100
 
 
 @dataclass(frozen=True)
@@ -46,15 +44,6 @@ class NewMemory:
     content: str
     metadata: dict[str, Any] | None = None
     importance: int = 5
-
-
-@dataclass(frozen=True)
-class Stats:
-    live: int
-    deleted: int
-    awaiting_extraction: int
-    avg_importance: float
-    users: int
 
 
 def _check_user(user_id: object) -> str:
@@ -104,8 +93,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raise ValidationError("cursor is not one this API returned", "cursor") from None
 
 
-def to_memory(row: Row[Any]) -> Memory:
-    m = row._mapping
+def to_memory(m: Row) -> Memory:
     extracted = m["entities"]
     entities = None
     if extracted is not None:
@@ -120,13 +108,15 @@ def to_memory(row: Row[Any]) -> Memory:
 class MemoryService:
     """Store, update, delete, read and search one user's memories."""
 
-    def __init__(self, settings: Settings, db: Database, embedder: Embedder) -> None:
+    def __init__(self, settings: Settings, db: Database, outbox: Outbox,
+                 embedder: Embedder) -> None:
         self.settings = settings
         self.db = db
+        self.outbox = outbox
         self.embedder = embedder
         # A hook between the memory write and the outbox write, for tests that prove the two
         # commit together (a failure here must leave neither).
-        self.before_outbox: Callable[[Connection], None] | None = None
+        self.before_outbox: Callable[[Tx], None] | None = None
 
     # -- validation -----------------------------------------------------------------------
 
@@ -140,23 +130,21 @@ class MemoryService:
 
     # -- writes ---------------------------------------------------------------------------
 
-    def _emit(self, conn: Connection, memory_id: uuid.UUID, user_id: str, version: int,
+    def _emit(self, tx: Tx, memory_id: uuid.UUID, user_id: str, version: int,
               event: EventType) -> None:
         if self.before_outbox is not None:
-            self.before_outbox(conn)
-        conn.execute(q("insert_outbox"), {"memory_id": memory_id, "user_id": user_id,
-                                          "memory_version": version, "event_type": event})
-        conn.execute(q("notify_outbox"))
+            self.before_outbox(tx)
+        self.outbox.emit(tx, memory_id, user_id, version, event)
 
-    def _insert(self, conn: Connection, user_id: str, item: NewMemory,
-                vector: list[float]) -> Memory:
-        row = conn.execute(q("insert_memory"), {
+    def _insert(self, tx: Tx, user_id: str, item: NewMemory, vector: list[float]) -> Memory:
+        row = tx.one("insert_memory", {
             "user_id": user_id, "content": item.content, "embedding": to_pgvector(vector),
             "metadata": json.dumps(item.metadata or {}), "importance": item.importance,
             "content_hash": content_hash(item.content),
-        }).one()
+        })
+        assert row is not None
         memory = to_memory(row)
-        self._emit(conn, memory.id, user_id, memory.version, "upsert")
+        self._emit(tx, memory.id, user_id, memory.version, "upsert")
         return memory
 
     def _validated(self, item: NewMemory) -> NewMemory:
@@ -170,7 +158,7 @@ class MemoryService:
         user_id = _check_user(user_id)
         item = self._validated(NewMemory(content, metadata, importance))
         vector = self.embedder.embed([item.content])[0]  # before the transaction opens
-        with self.db.transaction() as conn:
+        with self.db.transaction() as tx:
             if idempotency_key is not None:
                 if not idempotency_key or len(idempotency_key) > 255:
                     raise ValidationError("Idempotency-Key must be 1 to 255 characters",
@@ -178,21 +166,20 @@ class MemoryService:
                 fingerprint = request_hash({"content": item.content, "metadata": item.metadata,
                                             "importance": item.importance})
                 params = {"user_id": user_id, "key": idempotency_key}
-                conn.execute(q("idempotency_lock"), params)
-                seen = conn.execute(q("idempotency_get"), params).first()
+                tx.execute("idempotency_lock", params)
+                seen = tx.one("idempotency_get", params)
                 if seen is not None:
-                    if seen.request_hash != fingerprint:
+                    if seen["request_hash"] != fingerprint:
                         raise IdempotencyConflict(
                             "this Idempotency-Key was used with a different request")
-                    row = conn.execute(
-                        q("get_memory"), {"id": seen.memory_id, "user_id": user_id}).first()
+                    row = tx.one("get_memory", {"id": seen["memory_id"], "user_id": user_id})
                     if row is None:
                         raise NotFound("the memory this Idempotency-Key created was deleted")
                     return to_memory(row), False
-            memory = self._insert(conn, user_id, item, vector)
+            memory = self._insert(tx, user_id, item, vector)
             if idempotency_key is not None:
-                conn.execute(q("idempotency_put"), {**params, "request_hash": fingerprint,
-                                                    "memory_id": memory.id})
+                tx.execute("idempotency_put", {**params, "request_hash": fingerprint,
+                                               "memory_id": memory.id})
         log.info("memory stored", extra={"action": "memory.store", "memory_id": str(memory.id),
                                          "user_id": user_id})
         return memory, True
@@ -204,18 +191,17 @@ class MemoryService:
             return []
         checked = [self._validated(i) for i in items]
         vectors = self.embedder.embed([i.content for i in checked])
-        with self.db.transaction() as conn:
-            return [self._insert(conn, user_id, item, vector)
+        with self.db.transaction() as tx:
+            return [self._insert(tx, user_id, item, vector)
                     for item, vector in zip(checked, vectors, strict=True)]
 
-    def _missing_or_conflict(self, conn: Connection, user_id: str, memory_id: uuid.UUID,
+    def _missing_or_conflict(self, tx: Tx, user_id: str, memory_id: uuid.UUID,
                              expected_version: int | None) -> Exception:
-        row = conn.execute(q("memory_version_any_state"),
-                           {"id": memory_id, "user_id": user_id}).first()
-        if row is None or row.deleted_at is not None or expected_version is None:
+        row = tx.one("memory_version_any_state", {"id": memory_id, "user_id": user_id})
+        if row is None or row["deleted_at"] is not None or expected_version is None:
             return NotFound("memory not found")
         return VersionConflict(
-            f"memory is at version {row.version}, not {expected_version}", row.version)
+            f"memory is at version {row['version']}, not {expected_version}", row["version"])
 
     def update(self, user_id: str, memory_id: uuid.UUID | str, *, content: str | None = None,
                metadata: dict[str, Any] | None = None, importance: int | None = None,
@@ -233,17 +219,17 @@ class MemoryService:
             _check_metadata(metadata)
         if importance is not None:
             _check_importance(importance)
-        with self.db.transaction() as conn:
-            row = conn.execute(q("update_memory"), {
+        with self.db.transaction() as tx:
+            row = tx.one("update_memory", {
                 "id": mid, "user_id": user_id, "content": content, "embedding": vector,
                 "content_hash": content_hash(content) if content is not None else None,
                 "metadata": json.dumps(metadata) if metadata is not None else None,
                 "importance": importance, "expected_version": expected_version,
-            }).first()
+            })
             if row is None:
-                raise self._missing_or_conflict(conn, user_id, mid, expected_version)
+                raise self._missing_or_conflict(tx, user_id, mid, expected_version)
             memory = to_memory(row)
-            self._emit(conn, mid, user_id, memory.version, "upsert")
+            self._emit(tx, mid, user_id, memory.version, "upsert")
         log.info("memory updated", extra={"action": "memory.update", "memory_id": str(mid),
                                           "user_id": user_id, "version": memory.version})
         return memory
@@ -257,15 +243,16 @@ class MemoryService:
         """
         user_id = _check_user(user_id)
         mid = _check_id(memory_id)
-        with self.db.transaction() as conn:
-            row = conn.execute(q("delete_memory"), {"id": mid, "user_id": user_id,
-                                                    "expected_version": expected_version}).first()
+        with self.db.transaction() as tx:
+            row = tx.one("delete_memory", {"id": mid, "user_id": user_id,
+                                           "expected_version": expected_version})
             if row is None:
-                raise self._missing_or_conflict(conn, user_id, mid, expected_version)
-            self._emit(conn, mid, user_id, row.version, "delete")
+                raise self._missing_or_conflict(tx, user_id, mid, expected_version)
+            version = int(row["version"])
+            self._emit(tx, mid, user_id, version, "delete")
         log.info("memory deleted", extra={"action": "memory.delete", "memory_id": str(mid),
-                                          "user_id": user_id, "version": row.version})
-        return int(row.version)
+                                          "user_id": user_id, "version": version})
+        return version
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -310,20 +297,14 @@ class MemoryService:
             raise ValidationError(f"top_k must be from 1 to {MAX_TOP_K}", "top_k")
         _check_importance(min_importance)
         vector = to_pgvector(self.embedder.embed([query])[0])
-        with self.db.transaction() as conn:
+        with self.db.transaction() as tx:
             # ef_search 100 keeps recall@10 of near-duplicate queries above 0.95 at 100k
             # memories for about 1 ms (bench/results); top_k beyond 25 needs a wider beam.
-            conn.execute(q("search_settings"), {"ef_search": min(1000, max(100, top_k * 4))})
-            rows = conn.execute(q("search_memories"), {
+            tx.one("search_settings", {"ef_search": min(1000, max(100, top_k * 4))})
+            rows = tx.all("search_memories", {
                 "user_id": user_id, "embedding": vector, "limit": top_k,
                 "metadata": json.dumps(_check_metadata(metadata or {})),
                 "min_importance": min_importance,
-            }).all()
-        return [ScoredMemory(**to_memory(r).model_dump(), score=float(r.score)) for r in rows]
-
-    def stats(self, user_id: str | None = None) -> Stats:
-        row = self.db.one("memory_stats", {"user_id": user_id})
-        assert row is not None
-        return Stats(live=row.live, deleted=row.deleted,
-                     awaiting_extraction=row.awaiting_extraction,
-                     avg_importance=float(row.avg_importance), users=row.users)
+            })
+        return [ScoredMemory(**to_memory(r).model_dump(), score=float(r["score"]))
+                for r in rows]

@@ -7,11 +7,11 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from app.errors import GraphUnavailable
-from app.graph.projector import (
+from app.graph.base import (
     GraphCounts,
     GraphMemory,
     GraphStore,
@@ -22,144 +22,228 @@ from app.graph.projector import (
 
 @dataclass
 class _Node:
+    """A Memory node and its MENTIONS edges (entity keys)."""
+
     user_id: str
     version: int = 0
     deleted: bool = False
     mentions: set[str] = field(default_factory=set)
-    relations: set[tuple[str, str, str]] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class Related:
+    """A RELATED edge between two entities, stamped like Neo4j's with its memory and user."""
+
+    source: str
+    target: str
+    predicate: str
+    memory_id: str
+    user_id: str
 
 
 class FakeGraph:
-    """An in-memory graph store for unit tests."""
+    """An in-memory graph store for unit tests.
+
+    Modelled as Neo4j's graph is: Memory nodes with their MENTIONS, Entity nodes, and RELATED
+    edges between entities (a list, as CREATE may make parallel edges). Deleting an entity
+    deletes every edge at it, as DETACH DELETE does.
+    """
 
     def __init__(self) -> None:
         self.memories: dict[str, _Node] = {}
         self.entities: dict[str, dict[str, str]] = {}
+        self.relations: list[Related] = []
         self.available = True
+        self.closed = False
         self._lock = threading.Lock()
 
     def _check(self) -> None:
+        if self.closed:
+            raise GraphUnavailable("fake graph is closed")
         if not self.available:
             raise GraphUnavailable("fake graph is down")
+
+    def _mentioned(self) -> set[str]:
+        return {k for n in self.memories.values() for k in n.mentions}
+
+    def _delete_entities(self, keys: Iterable[str]) -> None:
+        """DETACH DELETE: the entities, the MENTIONS of them and the RELATED edges at them."""
+        gone = {k for k in keys if self.entities.pop(k, None) is not None}
+        if gone:
+            for n in self.memories.values():
+                n.mentions -= gone
+            self.relations = [r for r in self.relations
+                              if r.source not in gone and r.target not in gone]
+
+    def _remove_orphans(self, keys: Iterable[str]) -> int:
+        """Delete those of these entities nothing mentions; returns how many."""
+        mentioned = self._mentioned()
+        orphans = sorted({k for k in keys if k in self.entities and k not in mentioned})
+        self._delete_entities(orphans)
+        return len(orphans)
+
+    def _user(self, key: str) -> str | None:
+        entity = self.entities.get(key)
+        return entity["user_id"] if entity is not None else None
 
     def ensure_schema(self) -> None:
         self._check()
 
     def project(self, batch: list[MemoryProjection]) -> ProjectResult:
+        if not batch:
+            return ProjectResult()
         self._check()
         with self._lock:
-            applied, fenced, old = [], [], set()
+            applied: list[str] = []
+            old: set[str] = set()
             for p in sorted(batch, key=lambda p: p.id):
                 node = self.memories.setdefault(p.id, _Node(user_id=p.user_id))
                 newer = node.version < p.version or (p.force and node.version == p.version)
                 if node.user_id != p.user_id or not newer:
-                    fenced.append(p.id)
                     continue
                 node.version, node.deleted = p.version, p.deleted
                 old |= node.mentions
                 node.mentions = set()
+                self.relations = [r for r in self.relations if r.memory_id != p.id]
                 for e in p.entities:
                     self.entities.setdefault(e.key, {"user_id": p.user_id, "name": e.name,
                                                      "type": e.type})
                     node.mentions.add(e.key)
-                node.relations = {(r.source, r.target, r.predicate) for r in p.relations
-                                  if r.source in node.mentions and r.target in node.mentions}
+                # Only between entities this memory mentions, and only the user's own.
+                self.relations += [
+                    Related(r.source, r.target, r.predicate, p.id, p.user_id)
+                    for r in sorted(p.relations, key=lambda r: (r.source, r.target, r.predicate))
+                    if r.source in node.mentions and r.target in node.mentions
+                    and self._user(r.source) == p.user_id and self._user(r.target) == p.user_id
+                ]
                 applied.append(p.id)
-            mentioned = {k for n in self.memories.values() for k in n.mentions}
-            orphans = [k for k in old if k not in mentioned and k in self.entities]
-            for k in orphans:
-                del self.entities[k]
-            return ProjectResult(applied=applied, fenced=fenced, orphans_removed=len(orphans))
+            removed = self._remove_orphans(old)
+            done = set(applied)
+            fenced = [p.id for p in batch if p.id not in done]
+            return ProjectResult(applied=applied, fenced=fenced, orphans_removed=removed)
 
     def snapshot(self, ids: list[str]) -> dict[str, GraphMemory]:
         self._check()
-        return {i: GraphMemory(i, n.user_id, n.version, n.deleted, frozenset(n.mentions))
-                for i in ids if (n := self.memories.get(i)) is not None}
+        with self._lock:
+            return {i: GraphMemory(i, n.user_id, n.version, n.deleted, frozenset(n.mentions))
+                    for i in ids if (n := self.memories.get(i)) is not None}
 
     def prune_tombstones(self, ids: list[str]) -> int:
+        if not ids:
+            return 0
         self._check()
         with self._lock:
-            gone = [i for i in ids if i in self.memories and self.memories[i].deleted]
+            gone = [i for i in dict.fromkeys(ids)
+                    if i in self.memories and self.memories[i].deleted]
             for i in gone:
                 del self.memories[i]
             return len(gone)
 
     def counts(self) -> GraphCounts:
         self._check()
-        live = [n for n in self.memories.values() if not n.deleted]
-        return GraphCounts(
-            memories=len(live), tombstones=len(self.memories) - len(live),
-            entities=len(self.entities),
-            mentions=sum(len(n.mentions) for n in self.memories.values()),
-            relations=sum(len(n.relations) for n in self.memories.values()),
-        )
+        with self._lock:
+            live = [n for n in self.memories.values() if not n.deleted]
+            return GraphCounts(
+                memories=len(live), tombstones=len(self.memories) - len(live),
+                entities=len(self.entities),
+                mentions=sum(len(n.mentions) for n in self.memories.values()),
+                relations=len(self.relations),
+            )
 
     def memory_page(self, after: str, limit: int, user_id: str | None = None
                     ) -> list[GraphMemory]:
         self._check()
-        ids = sorted(i for i, n in self.memories.items()
-                     if i > after and (user_id is None or n.user_id == user_id))[:limit]
-        return [GraphMemory(i, self.memories[i].user_id, self.memories[i].version,
-                            self.memories[i].deleted) for i in ids]
+        with self._lock:
+            ids = sorted(i for i, n in self.memories.items()
+                         if i > after and (user_id is None or n.user_id == user_id))[:limit]
+            return [GraphMemory(i, self.memories[i].user_id, self.memories[i].version,
+                                self.memories[i].deleted) for i in ids]
 
     def orphan_entities(self, user_id: str | None, limit: int) -> list[tuple[str, str]]:
         self._check()
-        mentioned = {k for n in self.memories.values() for k in n.mentions}
-        return [(k, e["user_id"]) for k, e in self.entities.items()
-                if k not in mentioned and (user_id is None or e["user_id"] == user_id)][:limit]
+        with self._lock:
+            mentioned = self._mentioned()
+            return [(k, e["user_id"]) for k, e in self.entities.items()
+                    if k not in mentioned and (user_id is None or e["user_id"] == user_id)
+                    ][:limit]
 
     def cross_user_edges(self, user_id: str | None, limit: int) -> list[dict[str, str]]:
-        self._check()
-        found = []
-        for mid, n in self.memories.items():
-            for k in n.mentions:
-                other = self.entities[k]["user_id"]
-                if other != n.user_id and (user_id in (None, n.user_id, other)):
-                    found.append({"memory_id": mid, "user_id": n.user_id, "other_user": other,
-                                  "detail": f"MENTIONS {k}"})
-        return found[:limit]
-
-    def remove_memories(self, ids: list[str]) -> int:
+        """Like Neo4j: up to ``limit`` crossing MENTIONS, then up to ``limit`` RELATED."""
         self._check()
         with self._lock:
-            old = set()
+            mentions = []
+            for mid, n in self.memories.items():
+                for k in sorted(n.mentions):
+                    other = self.entities[k]["user_id"]
+                    if other != n.user_id and user_id in (None, n.user_id, other):
+                        mentions.append({"memory_id": mid, "user_id": n.user_id,
+                                         "other_user": other, "detail": f"MENTIONS {k}"})
+            related = []
+            for r in self.relations:
+                a, b = self.entities[r.source]["user_id"], self.entities[r.target]["user_id"]
+                if (a != b or r.user_id != a) and user_id in (None, a, b, r.user_id):
+                    related.append({"memory_id": r.memory_id, "user_id": a,
+                                    "other_user": b if b != a else r.user_id,
+                                    "detail": f"RELATED {r.source}->{r.target}"})
+            return mentions[:limit] + related[:limit]
+
+    def remove_memories(self, ids: list[str]) -> int:
+        if not ids:
+            return 0
+        self._check()
+        with self._lock:
+            old: set[str] = set()
             for i in ids:
                 node = self.memories.pop(i, None)
                 if node is not None:
                     old |= node.mentions
-            mentioned = {k for n in self.memories.values() for k in n.mentions}
-            for k in old - mentioned:
-                self.entities.pop(k, None)
+                    self.relations = [r for r in self.relations if r.memory_id != i]
+            self._remove_orphans(old)
         return len(ids)
 
     def remove_orphan_entities(self, keys: list[str]) -> int:
+        if not keys:
+            return 0
         self._check()
         with self._lock:
-            mentioned = {k for n in self.memories.values() for k in n.mentions}
-            gone = [k for k in keys if k in self.entities and k not in mentioned]
-            for k in gone:
-                del self.entities[k]
-            return len(gone)
+            return self._remove_orphans(keys)
 
     def remove_cross_user_edges(self) -> None:
         self._check()
         with self._lock:
             for n in self.memories.values():
                 n.mentions = {k for k in n.mentions if self.entities[k]["user_id"] == n.user_id}
+            self.relations = [
+                r for r in self.relations
+                if self.entities[r.source]["user_id"] == self.entities[r.target]["user_id"]
+                == r.user_id]
 
     def clear(self, user_id: str | None) -> None:
         self._check()
         with self._lock:
             for i in [i for i, n in self.memories.items() if user_id in (None, n.user_id)]:
                 del self.memories[i]
-            for k in [k for k, e in self.entities.items() if user_id in (None, e["user_id"])]:
-                del self.entities[k]
+            self._delete_entities([k for k, e in self.entities.items()
+                                   if user_id in (None, e["user_id"])])
+
+    def user_graph(self, user_id: str, limit: int) -> list[tuple[str, int, list[str]]]:
+        self._check()
+        with self._lock:
+            out = []
+            for mid in sorted(i for i, n in self.memories.items()
+                              if n.user_id == user_id and not n.deleted)[:limit]:
+                entities = sorted((self.entities[k]["type"], self.entities[k]["name"])
+                                  for k in self.memories[mid].mentions)
+                out.append((mid, self.memories[mid].version,
+                            [f"{t}: {n}" for t, n in entities]))
+            return out
 
     def ping(self) -> None:
         self._check()
 
     def close(self) -> None:
-        pass
+        """Like a closed driver: every later call raises GraphUnavailable."""
+        self.closed = True
 
 
 class FailingGraph:
@@ -188,9 +272,30 @@ class FailingGraph:
     def counts(self) -> GraphCounts:
         return self.inner.counts()
 
-    def __getattr__(self, name: str) -> object:
-        # Everything but project() goes straight to the wrapped store.
-        return getattr(self.inner, name)
+    def memory_page(self, after: str, limit: int, user_id: str | None = None
+                    ) -> list[GraphMemory]:
+        return self.inner.memory_page(after, limit, user_id)
+
+    def orphan_entities(self, user_id: str | None, limit: int) -> list[tuple[str, str]]:
+        return self.inner.orphan_entities(user_id, limit)
+
+    def cross_user_edges(self, user_id: str | None, limit: int) -> list[dict[str, str]]:
+        return self.inner.cross_user_edges(user_id, limit)
+
+    def remove_memories(self, ids: list[str]) -> int:
+        return self.inner.remove_memories(ids)
+
+    def remove_orphan_entities(self, keys: list[str]) -> int:
+        return self.inner.remove_orphan_entities(keys)
+
+    def remove_cross_user_edges(self) -> None:
+        self.inner.remove_cross_user_edges()
+
+    def clear(self, user_id: str | None) -> None:
+        self.inner.clear(user_id)
+
+    def user_graph(self, user_id: str, limit: int) -> list[tuple[str, int, list[str]]]:
+        return self.inner.user_graph(user_id, limit)
 
     def ping(self) -> None:
         self.inner.ping()

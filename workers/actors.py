@@ -12,13 +12,11 @@ import threading
 
 import dramatiq
 
-from app.db.connector import Database
-from app.extraction import make_extractor
-from app.graph.neo4j import Neo4jGraph
 from app.logs import configure_logging
-from app.projection import Projector
+from app.projector import Projector
+from app.queue import build_broker, declare_project_actor
 from app.settings import load_settings
-from workers.broker import build_broker, declare_project_actor
+from app.wiring import Services, build_services
 
 settings = load_settings()
 configure_logging(settings)
@@ -28,20 +26,20 @@ dramatiq.set_broker(broker)
 log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
-_projector: Projector | None = None
+_services: Services | None = None
 
 
 def projector() -> Projector:
-    global _projector
+    """This process's projector, built on first use and shared by its threads."""
+    global _services
     with _lock:
-        if _projector is None:
-            graph = Neo4jGraph(settings)
+        if _services is None:
+            _services = build_services(settings)
             try:
-                graph.ensure_schema()
+                _services.graph.ensure_schema()
             except Exception:
                 log.warning("graph schema not ensured yet (Neo4j down?)", exc_info=True)
-            _projector = Projector(settings, Database(settings), graph, make_extractor(settings))
-        return _projector
+        return _services.projector
 
 
 def project_outbox(outbox_ids: list[int]) -> None:

@@ -13,20 +13,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from app.admin import AdminService
 from app.api import errors
-from app.api.deps import Services
-from app.api.routes import admin, admin_probe, health, memories, persistence
-from app.consistency import Consistency
-from app.db.connector import Database
-from app.embeddings import Embedder, make_embedder
-from app.extraction import make_extractor
-from app.graph.neo4j import Neo4jGraph
-from app.graph.projector import GraphStore
+from app.api.routes import admin, health, memories, persistence
 from app.settings import Settings
-from app.store import MemoryService
+from app.wiring import Services, build_services
 
-__all__ = ["Services", "create_app"]
+__all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -41,38 +33,28 @@ may also use `/api/admin/*` and `/api/persistence/*`. `/api/health/live` and
 """
 
 
-def create_app(settings: Settings, *, db: Database | None = None,
-               embedder: Embedder | None = None, graph: GraphStore | None = None) -> FastAPI:
+def create_app(settings: Settings, *, services: Services | None = None) -> FastAPI:
     """Build the app; start-up checks the database's embedding dimension against settings.
 
-    A ``db`` or ``graph`` passed in belongs to the caller and is not closed on shutdown. The
-    app's own graph store does not connect at start-up (the Neo4j driver connects on first
-    use), so the API starts and accepts writes while Neo4j is down.
+    ``services`` passed in belong to the caller and are not closed on shutdown. The graph
+    store does not connect at start-up (the Neo4j driver connects on first use), so the API
+    starts and accepts writes while Neo4j is down.
     """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        database = db if db is not None else Database(settings)
-        store: GraphStore | None = graph
+        own = services is None
+        parts = services if services is not None else build_services(settings)
         try:
             # A mismatched EMBEDDING_DIM would fail every write later; refuse to start instead.
-            await run_in_threadpool(database.check_embedding_dimension)
-            service = MemoryService(settings, database,
-                                    embedder if embedder is not None else make_embedder(settings))
-            if store is None:
-                store = Neo4jGraph(settings)
-            app.state.services = Services(
-                settings=settings, db=database, memories=service, graph=store,
-                admin=AdminService(settings, database, store),
-                consistency=Consistency(settings, database, store, make_extractor(settings)))
+            await run_in_threadpool(parts.db.check_embedding_dimension)
+            app.state.services = parts
             log.info("api started", extra={"action": "api.start"})
             yield
         finally:
             app.state.services = None
-            if graph is None and store is not None:
-                store.close()
-            if db is None:
-                database.dispose()
+            if own:
+                parts.close()
 
     app = FastAPI(
         title="memory-persistence",
@@ -84,7 +66,6 @@ def create_app(settings: Settings, *, db: Database | None = None,
     errors.install(app)
     app.include_router(health.router)
     app.include_router(memories.router)
-    app.include_router(admin_probe.router)
     app.include_router(admin.router)
     app.include_router(persistence.router)
     return app

@@ -1,4 +1,4 @@
-"""Dependencies of the routes: the services container and bearer-key authentication.
+"""Dependencies of the routes: the process's services and bearer-key authentication.
 
 Keys come from settings (``API_SERVICE_KEYS``, ``API_ADMIN_KEYS``). An admin key may do
 everything a service key may. Keys are compared in constant time and never logged.
@@ -15,30 +15,16 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.admin import AdminService
-from app.api.errors import Forbidden, Unauthorized
 from app.consistency import Consistency
-from app.db.connector import Database
-from app.graph.projector import GraphStore
+from app.errors import Forbidden, Unauthorized
+from app.outbox import Outbox
 from app.settings import Settings
 from app.store import MemoryService
+from app.wiring import Services
 
 log = logging.getLogger(__name__)
 
 Scope = Literal["service", "admin"]
-
-
-@dataclass(frozen=True)
-class Services:
-    """What the routes need, built once per app by ``create_app`` and kept on ``app.state``."""
-
-    settings: Settings
-    db: Database
-    memories: MemoryService
-    # The graph driver connects on first use: the API starts and accepts writes while Neo4j
-    # is down; only the admin routes that read or repair the graph need it.
-    graph: GraphStore
-    admin: AdminService
-    consistency: Consistency
 
 
 @dataclass(frozen=True)
@@ -55,7 +41,7 @@ class Principal:
 
 
 async def get_services(request: Request) -> Services:
-    """The app's Services container."""
+    """The app's services, built by ``create_app``'s lifespan."""
     services: Services | None = getattr(request.app.state, "services", None)
     if services is None:  # pragma: no cover - a programming error, not a request error
         raise RuntimeError("the app was not started: use it inside its lifespan")
@@ -70,12 +56,14 @@ async def get_memory_service(services: ServicesDep) -> MemoryService:
     return services.memories
 
 
-MemoryServiceDep = Annotated[MemoryService, Depends(get_memory_service)]
-
-
 async def get_admin_service(services: ServicesDep) -> AdminService:
-    """The admin service (health, stats, dead letters)."""
+    """Health, readiness and stats."""
     return services.admin
+
+
+async def get_outbox(services: ServicesDep) -> Outbox:
+    """The outbox: dead letters and their replay."""
+    return services.outbox
 
 
 async def get_consistency(services: ServicesDep) -> Consistency:
@@ -83,7 +71,9 @@ async def get_consistency(services: ServicesDep) -> Consistency:
     return services.consistency
 
 
+MemoryServiceDep = Annotated[MemoryService, Depends(get_memory_service)]
 AdminServiceDep = Annotated[AdminService, Depends(get_admin_service)]
+OutboxDep = Annotated[Outbox, Depends(get_outbox)]
 ConsistencyDep = Annotated[Consistency, Depends(get_consistency)]
 
 # auto_error=False: a missing key must answer in our error shape, not FastAPI's.
@@ -113,12 +103,6 @@ def identify(settings: Settings, key: str) -> Principal | None:
     if service_index is not None:
         return Principal("service", service_index)
     return None
-
-
-def scope_of(settings: Settings, key: str) -> Scope | None:
-    """The scope a key grants, or None for an unknown key."""
-    principal = identify(settings, key)
-    return principal.scope if principal is not None else None
 
 
 async def authenticate(
@@ -151,5 +135,4 @@ async def require_admin(principal: Annotated[Principal, Depends(authenticate)]) 
     return principal
 
 
-ServicePrincipal = Annotated[Principal, Depends(require_service)]
 AdminPrincipal = Annotated[Principal, Depends(require_admin)]

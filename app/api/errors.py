@@ -17,28 +17,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.embeddings import EmbeddingError
-from app.errors import (
-    Busy,
-    ConfigError,
-    IdempotencyConflict,
-    MemoryPersistenceError,
-    NotFound,
-    StoreError,
-    StoreUnavailable,
-    ValidationError,
-    VersionConflict,
-)
+from app.errors import MemoryPersistenceError, VersionConflict
 
 log = logging.getLogger(__name__)
-
-
-class Unauthorized(MemoryPersistenceError):
-    """No API key, or one that is not configured (HTTP 401)."""
-
-
-class Forbidden(MemoryPersistenceError):
-    """A valid key whose scope does not allow this route (HTTP 403)."""
 
 
 class ErrorDetail(BaseModel):
@@ -109,44 +90,25 @@ async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _memory_error(request: Request, exc: Exception) -> JSONResponse:
-    """Our own errors: each class answers with its status; internals stay in the log."""
+    """Our own errors answer with their class's status and code; internals stay in the log."""
     assert isinstance(exc, MemoryPersistenceError)
-    if isinstance(exc, ValidationError):
-        return error_response(422, "validation_error", str(exc), exc.field)
-    if isinstance(exc, IdempotencyConflict):
-        return error_response(422, "idempotency_conflict", str(exc), "Idempotency-Key")
-    if isinstance(exc, NotFound):
-        # The same words for a missing memory and another user's: nothing to tell them apart.
-        return error_response(404, "not_found", "memory not found")
-    if isinstance(exc, Busy):
-        return error_response(409, "busy", str(exc))
-    if isinstance(exc, VersionConflict):
-        return error_response(409, "version_conflict", str(exc), "expected_version",
-                              current_version=exc.current_version)
-    if isinstance(exc, Unauthorized):
-        return error_response(401, "unauthorized", str(exc),
-                              headers={"WWW-Authenticate": "Bearer"})
-    if isinstance(exc, Forbidden):
-        return error_response(403, "forbidden", str(exc))
-    if isinstance(exc, StoreUnavailable):
-        log.warning("postgres unavailable", extra={"action": "api.store_unavailable",
-                                                   "path": request.url.path})
-        return error_response(503, "store_unavailable", "the database is unavailable; retry",
-                              headers={"Retry-After": "1"})
-    if isinstance(exc, EmbeddingError):
-        log.warning("embedding backend failed", extra={"action": "api.embedding_unavailable",
-                                                       "path": request.url.path})
-        return error_response(503, "embedding_unavailable",
-                              "the embedding backend is unavailable; retry",
-                              headers={"Retry-After": "1"})
-    if isinstance(exc, StoreError | ConfigError) or not exc.retryable:
+    headers: dict[str, str] = {}
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if exc.status == 503:
+        headers["Retry-After"] = "1"
+        log.warning("backend unavailable: %s", exc, extra={"action": "api.unavailable",
+                                                          "code": exc.code,
+                                                          "path": request.url.path})
+    elif exc.status >= 500:
         log.error("request failed: %s", exc, extra={"action": "api.error",
                                                     "path": request.url.path})
-        return error_response(500, "internal_error", "internal error")
-    log.warning("request failed: %s", exc, extra={"action": "api.unavailable",
-                                                  "path": request.url.path})
-    return error_response(503, "unavailable", "a backend is unavailable; retry",
-                          headers={"Retry-After": "1"})
+    extra: dict[str, Any] = {}
+    if isinstance(exc, VersionConflict):
+        extra["current_version"] = exc.current_version
+    message = exc.public if exc.public is not None else str(exc)
+    return error_response(exc.status, exc.code, message, exc.field, headers=headers or None,
+                          **extra)
 
 
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",

@@ -1,4 +1,4 @@
-"""Request and response bodies of the HTTP API.
+"""Request and response bodies of the HTTP API, every route's in one module.
 
 Requests forbid unknown fields and use strict types (``"5"`` is not an importance), so a caller's
 typo is a 422 naming the field rather than a silently ignored value. Limits that depend on
@@ -8,12 +8,22 @@ settings (content length) are checked by MemoryService, the one place every call
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+)
 
-from app.domain import Memory, ScoredMemory
-from app.store import MAX_TOP_K, MAX_USER_ID
+from app.consistency import Operation
+from app.domain import MAX_PAGE, MAX_TOP_K, MAX_USER_ID, ScoredMemory
 
 
 def _not_blank(value: str) -> str:
@@ -109,15 +119,228 @@ class Whoami(BaseModel):
     scope: str
 
 
-__all__ = [
-    "Deleted",
-    "Health",
-    "LegacyStoreRequest",
-    "Memory",
-    "ScoredMemory",
-    "SearchRequest",
-    "SearchResult",
-    "StoreRequest",
-    "UpdateRequest",
-    "Whoami",
-]
+# -- operators: stats, health, dead letters -----------------------------------------------
+
+
+class OutboxStats(BaseModel):
+    """Outbox rows per status and the projection lag."""
+
+    pending: int
+    in_flight: int
+    done: int
+    dead: int
+    expired_leases: int = Field(description="In-flight rows whose lease ran out.")
+    lag_seconds: float = Field(description="Age of the oldest open (pending or in-flight) row.")
+
+
+class MemoryCounts(BaseModel):
+    live: int
+    deleted: int = Field(description="Tombstones not yet pruned.")
+    awaiting_extraction: int
+    users: int
+
+
+class DeadLetterCounts(BaseModel):
+    open: int = Field(description="Dead letters waiting for an admin (status `dead`).")
+    replayed: int
+    discarded: int
+
+
+class CheckRun(BaseModel):
+    """The most recent finished consistency check."""
+
+    id: int
+    scope: str
+    started_at: datetime
+    finished_at: datetime | None
+    checked: int | None
+    found: int | None
+    result: dict[str, Any] | None
+
+
+class Stats(BaseModel):
+    """Everything an operator watches."""
+
+    memories: MemoryCounts
+    outbox: OutboxStats
+    dead_letters: DeadLetterCounts
+    inconsistencies: dict[str, int] = Field(description="Open inconsistencies by kind.")
+    graph: dict[str, Any] | None = Field(
+        description="Node and edge counts of the graph, or `{\"error\": ...}` when Neo4j is "
+                    "unreachable.")
+    last_check: CheckRun | None
+
+
+class ServerProbe(BaseModel):
+    ok: bool
+    latency_ms: float | None
+    error: str | None = Field(description="Why the server is unreachable.")
+
+
+class HealthReport(BaseModel):
+    """`ok`; `degraded` when only Neo4j or Redis is down (writes are still accepted, the graph
+    lags); `down` (HTTP 503) when Postgres is."""
+
+    status: Literal["ok", "degraded", "down"]
+    reasons: list[str] = Field(description="One line per unreachable server, naming it.")
+    servers: dict[str, ServerProbe] = Field(description="`postgres`, `neo4j` and `redis`.")
+    outbox: OutboxStats | None = Field(description="Null when Postgres is down.")
+    dead_letters: int = Field(description="Open dead letters.")
+
+
+DeadStatus = Literal["dead", "replayed", "discarded"]
+
+
+class DeadLetter(BaseModel):
+    """An outbox event that ran out of attempts, and what an admin did about it."""
+
+    id: int
+    outbox_id: int | None = Field(description="Null once the outbox row was pruned.")
+    memory_id: uuid.UUID
+    user_id: str
+    event_type: str
+    memory_version: int
+    attempts: int
+    last_error: str | None
+    status: DeadStatus
+    created_at: datetime
+    resolved_at: datetime | None
+    resolved_by: str | None = Field(description="Who replayed or discarded it, e.g. "
+                                                "`api:admin-key-1` or `cli:alice`.")
+    resolution_note: str | None = Field(description="`replayed`, or the discard reason.")
+
+
+class FailedAttempt(BaseModel):
+    """One failed attempt in a dead letter's error history."""
+
+    model_config = ConfigDict(extra="allow")
+
+    attempt: int | None = None
+    at: datetime | None = None
+    error: str | None = None
+
+
+class DeadLetterDetail(DeadLetter):
+    errors: list[FailedAttempt] = Field(description="Every failed attempt, oldest first.")
+
+
+class DeadLetterPage(BaseModel):
+    items: list[DeadLetter] = Field(description="Newest first.")
+    next_before_id: int | None = Field(
+        description="Pass as `before_id` for the next page; null on the last page.")
+
+
+class ReplayFilter(StrictBody):
+    """Which dead letters (status `dead`) to replay; at least one criterion."""
+
+    user_id: UserId | None = None
+    error: Annotated[StrictStr | None, Field(min_length=1, max_length=500, description=(
+        "A substring of the last error (case-insensitive)."))] = None
+    event_type: Annotated[StrictStr | None, Field(min_length=1, max_length=50)] = None
+    since: datetime | None = Field(default=None, description="Dead since (inclusive).")
+    until: datetime | None = Field(default=None, description="Dead before (exclusive).")
+
+
+class ReplayRequest(StrictBody):
+    """Exactly one of `ids`, `filter` or `all: true`."""
+
+    ids: Annotated[list[StrictInt] | None, Field(min_length=1, max_length=MAX_PAGE * 20)] = None
+    filter: ReplayFilter | None = None
+    everything: StrictBool = Field(default=False, alias="all",
+                                   description="Replay every open dead letter.")
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"ids": [12, 13]}, {"filter": {"error": "timeout", "user_id": "user-1"}},
+        {"all": True}]})
+
+
+class ReplayResult(BaseModel):
+    replayed: list[int] = Field(description="Dead letters whose outbox row is pending again.")
+    count: int
+    skipped: list[int] = Field(default_factory=list, description=(
+        "Requested ids that were already replayed or discarded."))
+
+
+class DiscardRequest(StrictBody):
+    reason: Annotated[StrictStr, Field(min_length=1, max_length=2000, description=(
+        "Why the event is given up; kept on the dead letter.")), AfterValidator(_not_blank)]
+
+
+class DiscardResult(BaseModel):
+    id: int
+    status: Literal["discarded"] = "discarded"
+    resolved_by: str
+    reason: str
+
+
+# -- consistency operations --------------------------------------------------------------
+
+
+class SyncBody(StrictBody):
+    """A consistency operation; every field may also come from the query string."""
+
+    operation: Operation | None = Field(default=None, description=(
+        "`check` (compare and store findings), `repair` (fix the stored open findings), "
+        "`full` (check, then repair what it found) or `rebuild` (re-project the graph)."))
+    user_id: UserId | None = Field(
+        default=None, validation_alias=AliasChoices("userId", "user_id"),
+        description="Only this user's memories (`userId` or `user_id`).")
+    limit: Annotated[StrictInt | None, Field(ge=1, description=(
+        "check/full: at most this many memories; repair: at most this many findings."))] = None
+    dry_run: StrictBool | None = Field(
+        default=None, validation_alias=AliasChoices("dryRun", "dry_run"),
+        description="check/repair/full: report only, store and change nothing "
+                    "(`dryRun` or `dry_run`).")
+    reextract: StrictBool | None = Field(default=None, description=(
+        "rebuild: run the extractor again instead of using the cached extraction."))
+
+
+class CheckSummary(BaseModel):
+    checked: int = Field(description="Memories compared.")
+    graph_nodes_checked: int
+    in_transit: int = Field(description="Memories with an outbox event open: not judged.")
+    found: int
+    by_kind: dict[str, int]
+    stored: bool = Field(description="Findings were stored (false on a dry run).")
+    complete: bool = Field(description="False when `limit` stopped the check early.")
+    seconds: float
+    run_id: int | None
+
+
+class RepairSummary(BaseModel):
+    queued: int = Field(description="Outbox events queued to re-project memories.")
+    removed_memories: int
+    removed_entities: int
+    removed_cross_user_edges: bool
+    dry_run: bool
+
+
+class RebuildSummary(BaseModel):
+    projected: int
+    skipped_deleted: int
+    extracted: int
+    seconds: float
+
+
+class FindingOut(BaseModel):
+    kind: str
+    user_id: str | None
+    memory_id: str | None
+    entity_key: str | None
+    details: dict[str, Any]
+
+
+MAX_FINDINGS = 1000  # findings listed in a sync answer; all of them are stored
+
+
+class SyncResult(BaseModel):
+    operation: Operation
+    consistent: bool | None = Field(default=None, description=(
+        "check/full: whether the check found nothing."))
+    check: CheckSummary | None = None
+    repair: RepairSummary | None = None
+    rebuild: RebuildSummary | None = None
+    findings: list[FindingOut] = Field(default_factory=list, description=(
+        f"check/full: what the check found (the first {MAX_FINDINGS})."))
+
+

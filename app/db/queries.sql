@@ -17,7 +17,7 @@ RETURNING id;
 
 -- notify_outbox --
 -- Wakes idle relays; Postgres delivers it only if the transaction commits.
-SELECT pg_notify('memctl_outbox', '');
+SELECT pg_notify(:channel, '');
 
 -- get_memory --
 -- One live memory of one user.
@@ -145,10 +145,9 @@ SET attempts = o.attempts + 1,
     status = CASE WHEN o.attempts + 1 >= :max_attempts THEN 'dead' ELSE 'pending' END,
     next_attempt_at = now(),
     lease_expires_at = NULL,
-    last_error = 'lease expired before the projection finished (worker lost or message lost)',
-    errors = o.errors || jsonb_build_object(
-        'attempt', o.attempts + 1, 'at', now(),
-        'error', 'lease expired before the projection finished (worker lost or message lost)'),
+    last_error = CAST(:error AS text),
+    errors = o.errors || jsonb_build_object('attempt', o.attempts + 1, 'at', now(),
+                                            'error', CAST(:error AS text)),
     updated_at = now()
 FROM expired WHERE o.id = expired.id
 RETURNING o.id, o.status;
@@ -223,10 +222,6 @@ DELETE FROM memories m
 WHERE m.id = ANY(:ids) AND m.deleted_at IS NOT NULL
   AND NOT EXISTS (SELECT 1 FROM outbox o
                   WHERE o.memory_id = m.id AND o.status IN ('pending', 'in_flight', 'dead'));
-
--- try_scheduler_lock --
--- Only one scheduler acts: a session-level advisory lock held while it runs.
-SELECT pg_try_advisory_lock(hashtextextended('memctl-scheduler', 0));
 
 -- queue_resync --
 -- Repair through the normal path: an outbox event for each memory at its current version.
@@ -376,18 +371,26 @@ RETURNING id;
 -- The Alembic revision the database is at (readiness); fails when it was never migrated.
 SELECT version_num FROM alembic_version;
 
--- sync_lock_shared --
--- Checks share the sync lock: several may run, but not during a rebuild.
-SELECT pg_try_advisory_lock_shared(hashtextextended('memctl-sync', 0));
+-- ping --
+-- The cheapest round trip.
+SELECT 1;
 
--- sync_unlock_shared --
--- Release a check's share of the sync lock.
-SELECT pg_advisory_unlock_shared(hashtextextended('memctl-sync', 0));
+-- try_session_lock --
+-- A session-level advisory lock by name (one scheduler leads); released with the session.
+SELECT pg_try_advisory_lock(hashtextextended(:key, 0));
 
--- sync_lock_exclusive --
--- A rebuild holds the sync lock alone: a check would see a half-built graph.
-SELECT pg_try_advisory_lock(hashtextextended('memctl-sync', 0));
+-- try_lock_shared --
+-- A shared advisory lock by name: checks share the sync lock, but not with a rebuild.
+SELECT pg_try_advisory_lock_shared(hashtextextended(:key, 0));
 
--- sync_unlock_exclusive --
--- Release a rebuild's sync lock.
-SELECT pg_advisory_unlock(hashtextextended('memctl-sync', 0));
+-- unlock_shared --
+-- Release a shared advisory lock.
+SELECT pg_advisory_unlock_shared(hashtextextended(:key, 0));
+
+-- try_lock_exclusive --
+-- An exclusive advisory lock by name: a rebuild holds the sync lock alone.
+SELECT pg_try_advisory_lock(hashtextextended(:key, 0));
+
+-- unlock_exclusive --
+-- Release an exclusive advisory lock.
+SELECT pg_advisory_unlock(hashtextextended(:key, 0));

@@ -12,9 +12,9 @@ import neo4j
 import neo4j.exceptions as nx
 from neo4j import GraphDatabase, ManagedTransaction
 
-from app.db.sql import parse
-from app.errors import GraphError, GraphUnavailable
-from app.graph.projector import (
+from app import statements
+from app.errors import ConfigError, GraphError, GraphMisconfigured, GraphUnavailable
+from app.graph.base import (
     GraphCounts,
     GraphMemory,
     MemoryProjection,
@@ -28,7 +28,8 @@ T = TypeVar("T")
 
 @cache
 def cypher() -> dict[str, str]:
-    return parse((Path(__file__).parent / "queries.cypher").read_text(), comment="//")
+    """Every named Cypher statement."""
+    return statements.load(Path(__file__).parent / "queries.cypher", comment="//")
 
 
 def c(name: str) -> str:
@@ -42,9 +43,15 @@ _RACE_CODES = ("Neo.ClientError.Statement.EntityNotFound",)
 
 
 def convert(exc: Exception) -> GraphError:
-    """Map a driver error onto our tree; transient, connection and race errors are retryable."""
+    """Map a driver error onto our tree; transient, connection and race errors are retryable.
+
+    A refused login or a wrong database is a configuration fault, not an outage.
+    """
     message = f"Neo4j {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
     code = getattr(exc, "code", None) or ""
+    if isinstance(exc, nx.AuthError | nx.ConfigurationError) \
+            or code == "Neo.ClientError.Database.DatabaseNotFound":
+        return GraphMisconfigured(message)
     if isinstance(exc, nx.ServiceUnavailable | nx.SessionExpired | nx.TransientError
                   | nx.DriverError | OSError) or code in _RACE_CODES:
         return GraphUnavailable(message)
@@ -56,15 +63,18 @@ class Neo4jGraph:
 
     def __init__(self, settings: Settings, *, driver: neo4j.Driver | None = None) -> None:
         self.database = settings.neo4j_database
-        self.driver = driver or GraphDatabase.driver(
-            settings.neo4j_uri,
-            auth=(settings.neo4j_user, settings.neo4j_password.get_secret_value()),
-            # Fail fast: the outbox row keeps the durable retry schedule, not the driver.
-            connection_timeout=5.0,
-            max_transaction_retry_time=5.0,
-            connection_acquisition_timeout=10.0,
-            max_connection_pool_size=50,
-        )
+        try:
+            self.driver = driver or GraphDatabase.driver(
+                settings.neo4j_uri,
+                auth=(settings.neo4j_user, settings.neo4j_password.get_secret_value()),
+                # Fail fast: the outbox row keeps the durable retry schedule, not the driver.
+                connection_timeout=5.0,
+                max_transaction_retry_time=5.0,
+                connection_acquisition_timeout=10.0,
+                max_connection_pool_size=50,
+            )
+        except (nx.ConfigurationError, ValueError) as exc:  # a malformed URI or auth
+            raise ConfigError(f"NEO4J_URI: {exc}") from None
         self._schema_ready = False
 
     def _run(self, work: Callable[[], T]) -> T:
@@ -197,8 +207,7 @@ class Neo4jGraph:
                     session.run(c("clear_user"), user_id=user_id).consume()
         self._run(work)
 
-    def user_graph(self, user_id: str, limit: int = 50) -> list[tuple[str, int, list[str]]]:
-        """(memory id, version, ["type: name", ...]) of one user's live memories."""
+    def user_graph(self, user_id: str, limit: int) -> list[tuple[str, int, list[str]]]:
         def tx(t: ManagedTransaction) -> list[Any]:
             return list(t.run(c("user_graph"), user_id=user_id, limit=limit))
 

@@ -39,8 +39,11 @@ CALL (m, row) {
   MERGE (m)-[:MENTIONS]->(e)
 }
 CALL (m, row) {
+  // Only between entities this memory mentions (two MATCH clauses, so a self-relation can use
+  // one MENTIONS twice), and only the user's own: never onto another memory's entities.
   UNWIND row.relations AS rel
-  MATCH (a:Entity {key: rel.source}), (b:Entity {key: rel.target})
+  MATCH (m)-[:MENTIONS]->(a:Entity {key: rel.source})
+  MATCH (m)-[:MENTIONS]->(b:Entity {key: rel.target})
   WHERE a.user_id = row.user_id AND b.user_id = row.user_id
   CREATE (a)-[:RELATED {predicate: rel.predicate, memory_id: m.id, user_id: row.user_id}]->(b)
 }
@@ -48,17 +51,13 @@ RETURN m.id AS id, old_keys
 
 // remove_orphan_entities //
 // Entities no memory mentions any more (among those a batch stopped mentioning).
+// DISTINCT: a key given twice would match the node twice and be counted twice.
 UNWIND $keys AS key
+WITH DISTINCT key
 MATCH (e:Entity {key: key})
 WHERE NOT (e)<-[:MENTIONS]-()
 DETACH DELETE e
 RETURN count(*) AS removed
-
-// memory_versions //
-// Projected version and tombstone state of some memories.
-UNWIND $ids AS id
-MATCH (m:Memory {id: id})
-RETURN m.id AS id, m.user_id AS user_id, m.version AS version, coalesce(m.deleted, false) AS deleted
 
 // memory_snapshot //
 // Projected state of a page of memories: version, tombstone flag and the entity keys mentioned.
@@ -71,6 +70,7 @@ RETURN m.id AS id, m.user_id AS user_id, m.version AS version,
 // prune_tombstones //
 // Remove tombstones the caller has proved safe (no outbox row outstanding, retention passed).
 UNWIND $ids AS id
+WITH DISTINCT id
 MATCH (m:Memory {id: id})
 WHERE m.deleted = true
 DETACH DELETE m
@@ -122,12 +122,13 @@ RETURN m.id AS memory_id, m.user_id AS user_id, e.key AS entity_key, e.user_id A
 LIMIT $limit
 
 // cross_user_relations //
-// RELATED edges between entities of different users (or stamped with another user).
+// RELATED edges between entities of different users (or stamped with another user); the other
+// user is the target's owner, or the stamp's when both entities belong to one user.
 MATCH (a:Entity)-[r:RELATED]->(b:Entity)
 WHERE (a.user_id <> b.user_id OR r.user_id <> a.user_id)
-  AND ($user_id IS NULL OR a.user_id = $user_id OR b.user_id = $user_id)
+  AND ($user_id IS NULL OR $user_id IN [a.user_id, b.user_id, r.user_id])
 RETURN r.memory_id AS memory_id, a.user_id AS user_id, a.key AS source, b.key AS target,
-       b.user_id AS other_user
+       CASE WHEN b.user_id <> a.user_id THEN b.user_id ELSE r.user_id END AS other_user
 LIMIT $limit
 
 // remove_memories //

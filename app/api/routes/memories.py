@@ -24,9 +24,8 @@ from app.api.schemas import (
     UpdateRequest,
     UserId,
 )
-from app.domain import Memory, Page
+from app.domain import MAX_PAGE, Memory, Page
 from app.errors import ValidationError
-from app.store import MAX_PAGE
 
 router = APIRouter(prefix="/api", tags=["memories"], dependencies=[Depends(require_service)],
                    responses=AUTH_ERRORS)

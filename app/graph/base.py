@@ -1,4 +1,4 @@
-"""What the workers need from a graph store, as a small interface.
+"""The graph-store interface: what projection, checks and reads need from the graph.
 
 Two implementations are held to one conformance suite (tests/integration/test_graph_conformance):
 ``Neo4jGraph`` (app/graph/neo4j.py) and the in-memory ``FakeGraph`` (app/testing.py).
@@ -123,6 +123,9 @@ class GraphStore(Protocol):
 
     def clear(self, user_id: str | None) -> None:
         """Delete the whole projection, or one user's."""
+
+    def user_graph(self, user_id: str, limit: int) -> list[tuple[str, int, list[str]]]:
+        """(memory id, version, ["type: name", ...]) of one user's live memories, by id."""
 
     def ping(self) -> None:
         """Raise GraphUnavailable unless the graph answers."""

@@ -1,0 +1,348 @@
+"""The transactional outbox: the one owner of every outbox row and dead letter.
+
+A row's life (DESIGN invariants 1, 2, 5)::
+
+    emit ──> pending ──claim──> in_flight ──mark_done──> done ──prune──> (gone)
+               ▲  ▲                 │
+               │  └─record_failure──┤   attempts + 1, next attempt after backoff
+               │  └─reclaim─────────┘   the lease ran out (worker lost, message lost)
+               │                    │
+               └──────replay─── dead ◄── the last attempt failed: a dead letter is written
+                                    └──discard──> the dead letter is closed with a reason
+
+``emit`` runs inside the caller's transaction, so a memory change and its event commit together
+or not at all. Every other transition is a method here and a named statement in
+``app/db/queries.sql``; nothing else in the project changes an outbox row or a dead letter.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from app.db.connector import Database, Listener, Tx
+from app.domain import MAX_PAGE, EventType, MemoryState
+from app.errors import AlreadyResolved, DeadLetterNotFound, ValidationError
+from app.retry import backoff_delay
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "memctl_outbox"  # NOTIFY wakes idle relays; Postgres sends it only on commit
+DeadStatus = Literal["dead", "replayed", "discarded"]
+LEASE_LOST = "lease expired before the projection finished (worker lost or message lost)"
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """An outbox row a worker was sent, with its memory's current state."""
+
+    outbox_id: int
+    memory_id: uuid.UUID
+    user_id: str
+    event_type: EventType
+    attempts: int
+    state: MemoryState
+
+
+@dataclass(frozen=True)
+class Reclaimed:
+    reclaimed: int
+    dead: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    """What ``record_failure`` did: rows that counted an attempt, and those that went dead."""
+
+    failed: list[int] = field(default_factory=list)
+    dead: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DeadLetterFilter:
+    """Which dead letters; None matches anything."""
+
+    status: DeadStatus | None = "dead"
+    user_id: str | None = None
+    event_type: str | None = None
+    error: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    @property
+    def criteria(self) -> bool:
+        """Whether anything but the status narrows the choice."""
+        return any(v is not None for v in (self.user_id, self.event_type, self.error,
+                                           self.since, self.until))
+
+
+@dataclass(frozen=True)
+class ReplaySelection:
+    """Which dead letters to replay: exactly one of ids, a filter with a criterion, or all."""
+
+    ids: tuple[int, ...] | None = None
+    filter: DeadLetterFilter | None = None
+    everything: bool = False
+
+    def __post_init__(self) -> None:
+        chosen = [name for name, given in (("ids", self.ids is not None),
+                                           ("filter", self.filter is not None),
+                                           ("all", self.everything)) if given]
+        if len(chosen) != 1:
+            raise ValidationError(
+                "choose the dead letters: give ids, a filter or all"
+                + (f", not {' and '.join(chosen)}" if chosen else ""),
+                chosen[1] if len(chosen) > 1 else "ids")
+        if self.ids is not None and not self.ids:
+            raise ValidationError("ids: give at least one dead letter id", "ids")
+        if self.filter is not None and not self.filter.criteria:
+            raise ValidationError("a filter needs at least one criterion (or use all)", "filter")
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    replayed: list[int]
+    skipped: list[int]  # requested ids that were already replayed or discarded
+
+
+@dataclass(frozen=True)
+class DeadLetterPage:
+    items: list[dict[str, Any]]  # newest first
+    next_before_id: int | None  # pass as before_id for the next page; None on the last
+
+
+@dataclass(frozen=True)
+class OutboxStats:
+    pending: int
+    in_flight: int
+    done: int
+    dead: int
+    expired_leases: int
+    lag_seconds: float  # age of the oldest open (pending or in-flight) row
+
+
+@dataclass(frozen=True)
+class DeadLetterCounts:
+    open: int
+    replayed: int
+    discarded: int
+
+
+def _json_row(row: dict[str, Any]) -> dict[str, Any]:
+    """Timestamps as ISO text and ids as strings: a dead letter as callers print or send it."""
+    return {k: (v.isoformat() if isinstance(v, datetime)
+                else str(v) if isinstance(v, uuid.UUID) else v) for k, v in row.items()}
+
+
+class Outbox:
+    """Every transition of an outbox row, and the dead letters they leave."""
+
+    def __init__(self, settings: Settings, db: Database,
+                 rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self.db = db
+        self.rng = rng or random.Random()
+
+    # -- writing events ---------------------------------------------------------------------
+
+    def emit(self, tx: Tx, memory_id: uuid.UUID, user_id: str, version: int,
+             event: EventType) -> None:
+        """Queue the delivery of one memory change, inside the transaction that makes it."""
+        tx.execute("insert_outbox", {"memory_id": memory_id, "user_id": user_id,
+                                     "memory_version": version, "event_type": event})
+        tx.execute("notify_outbox", {"channel": CHANNEL})
+
+    def queue_resync(self, memory_ids: Sequence[uuid.UUID | str]) -> int:
+        """A resync event per memory at its current version (repair through the normal path)."""
+        if not memory_ids:
+            return 0
+        with self.db.transaction() as tx:
+            queued = len(tx.all("queue_resync", {"ids": [str(i) for i in memory_ids]}))
+            tx.execute("notify_outbox", {"channel": CHANNEL})
+        return queued
+
+    # -- the relay's side -------------------------------------------------------------------
+
+    @contextmanager
+    def claim(self, limit: int) -> Iterator[list[int]]:
+        """Lease up to ``limit`` due rows for the block; the claim commits when it ends.
+
+        Send the rows inside the block: an exception rolls the claim back, so a crash between
+        sending and committing re-sends (duplicates, never loss). Other relays skip these rows.
+        """
+        with self.db.transaction() as tx:
+            rows = tx.all("claim_due", {"limit": limit,
+                                        "lease_seconds": self.settings.lease_seconds})
+            yield [int(r["id"]) for r in rows]
+
+    def reclaim_expired(self, limit: int = 1000) -> Reclaimed:
+        """In-flight rows whose lease ran out count an attempt and are due again (or dead)."""
+        with self.db.transaction() as tx:
+            rows = tx.all("reclaim_expired", {
+                "limit": limit, "max_attempts": self.settings.retry_max_attempts,
+                "error": LEASE_LOST})
+            dead = [int(r["id"]) for r in rows if r["status"] == "dead"]
+            self._write_dead_letters(tx, dead)
+        if rows:
+            log.warning("reclaimed expired leases", extra={
+                "action": "outbox.reclaim", "rows": len(rows), "dead": len(dead)})
+        return Reclaimed(len(rows), len(dead))
+
+    def listener(self) -> AbstractContextManager[Listener]:
+        """A ``Listener`` woken by every commit that emits (or replays, or queues resyncs)."""
+        return self.db.listener(CHANNEL)
+
+    # -- the worker's side ------------------------------------------------------------------
+
+    def work(self, outbox_ids: Sequence[int]) -> list[WorkItem]:
+        """The open rows among these, each with its memory's current state."""
+        rows = self.db.all("outbox_rows_for_work", {"ids": list(outbox_ids)})
+        return [WorkItem(int(r["outbox_id"]), r["memory_id"], r["user_id"], r["event_type"],
+                         int(r["attempts"]), MemoryState.from_row(r)) for r in rows]
+
+    def mark_done(self, projected: Sequence[tuple[str, int]]) -> None:
+        """The graph has (memory id, version): every open row up to that version is done."""
+        if projected:
+            with self.db.transaction() as tx:
+                tx.execute_many("mark_done", [{"memory_id": m, "version": v}
+                                              for m, v in projected])
+
+    def record_failure(self, items: Sequence[WorkItem], error: str, *,
+                       permanent: bool = False) -> Failed:
+        """Count an attempt on each row; schedule its retry after backoff, or make it dead.
+
+        ``permanent`` spends the row's last attempt at once (retrying cannot help). A row that
+        goes dead leaves a dead letter with every attempt's error, in the same transaction.
+        """
+        error = error[:4000]
+        failed, dead = [], []
+        with self.db.transaction() as tx:
+            for item in items:
+                delay = backoff_delay(item.attempts + 1, self.settings.retry_base_seconds,
+                                      self.settings.retry_cap_seconds, self.rng)
+                row = tx.one("record_failure", {
+                    "id": item.outbox_id, "error": error, "delay_seconds": delay,
+                    "max_attempts": (item.attempts + 1 if permanent
+                                     else self.settings.retry_max_attempts)})
+                if row is None:  # finished meanwhile by another delivery
+                    continue
+                failed.append(item.outbox_id)
+                if row["status"] == "dead":
+                    dead.append(item.outbox_id)
+            self._write_dead_letters(tx, dead)
+        return Failed(failed, dead)
+
+    def _write_dead_letters(self, tx: Tx, outbox_ids: list[int]) -> None:
+        """The one place a dead row becomes a dead letter."""
+        if outbox_ids:
+            tx.execute("insert_dead_letter", {"ids": outbox_ids})
+
+    # -- upkeep -----------------------------------------------------------------------------
+
+    def prune_done(self, limit: int = 5000) -> int:
+        """Delete done rows older than OUTBOX_RETENTION_HOURS, in bounded batches."""
+        total = 0
+        while True:
+            n = self.db.execute("prune_done_outbox", {
+                "age_seconds": self.settings.outbox_retention_hours * 3600, "limit": limit})
+            total += n
+            if n < limit:
+                return total
+
+    # -- dead letters -----------------------------------------------------------------------
+
+    def dead_letters(self, filters: DeadLetterFilter | None = None, *, limit: int = 50,
+                     before_id: int | None = None) -> DeadLetterPage:
+        """A page of dead letters, newest first (keyset on id)."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValidationError(f"limit must be from 1 to {MAX_PAGE}", "limit")
+        # One row past the page tells whether there is a next one.
+        rows = self._dead_letter_rows(filters or DeadLetterFilter(), limit + 1, before_id)
+        items = [_json_row(r) for r in rows[:limit]]
+        return DeadLetterPage(items, items[-1]["id"] if len(rows) > limit else None)
+
+    def _dead_letter_rows(self, f: DeadLetterFilter, limit: int,
+                          before_id: int | None = None) -> list[dict[str, Any]]:
+        return self.db.all("list_dead_letters", {
+            "status": f.status, "user_id": f.user_id, "event_type": f.event_type,
+            "error": f.error, "since": f.since, "until": f.until, "before_id": before_id,
+            "limit": limit})
+
+    def dead_letter(self, dead_letter_id: int) -> dict[str, Any]:
+        """One dead letter with its full error history."""
+        row = self.db.one("get_dead_letter", {"id": dead_letter_id})
+        if row is None:
+            raise DeadLetterNotFound(f"no dead letter {dead_letter_id}")
+        return _json_row(row)
+
+    def replay(self, selection: ReplaySelection, actor: str) -> ReplayResult:
+        """Send open dead letters back to pending with attempts reset; records who did it.
+
+        Unknown ids raise DeadLetterNotFound and replay nothing; ids already replayed or
+        discarded are skipped. A filter or ``everything`` chooses among open ones only.
+        """
+        if selection.ids is not None:
+            ids = list(dict.fromkeys(selection.ids))
+            for i in ids:
+                self.dead_letter(i)
+        else:
+            f = selection.filter or DeadLetterFilter()
+            f = DeadLetterFilter("dead", f.user_id, f.event_type, f.error, f.since, f.until)
+            ids = [int(r["id"]) for r in self._dead_letter_rows(f, limit=10_000_000)]
+        done: list[int] = []
+        if ids:
+            with self.db.transaction() as tx:
+                done = sorted(int(r["id"]) for r in tx.all("replay_dead_letters", {
+                    "ids": ids, "actor": actor, "note": "replayed"}))
+                tx.execute("notify_outbox", {"channel": CHANNEL})
+        log.info("dead letters replayed", extra={"action": "outbox.replay", "count": len(done),
+                                                 "actor": actor})
+        skipped = sorted(set(selection.ids or ()) - set(done))
+        return ReplayResult(done, skipped)
+
+    def replay_one(self, dead_letter_id: int, actor: str) -> ReplayResult:
+        """Replay one open dead letter; NotFound or AlreadyResolved otherwise."""
+        self._require_open(dead_letter_id)
+        result = self.replay(ReplaySelection(ids=(dead_letter_id,)), actor)
+        if not result.replayed:  # resolved by someone else in the meantime
+            raise AlreadyResolved("the dead letter was already resolved")
+        return result
+
+    def discard(self, dead_letter_id: int, reason: str, actor: str) -> None:
+        """Close an open dead letter without replaying it; the reason is kept."""
+        if not reason.strip():
+            raise ValidationError("a reason is required to discard a dead letter", "reason")
+        self._require_open(dead_letter_id)
+        if self.db.one("discard_dead_letter", {"id": dead_letter_id, "reason": reason,
+                                               "actor": actor}) is None:
+            raise AlreadyResolved("the dead letter was already resolved")
+        log.info("dead letter discarded", extra={"action": "outbox.discard",
+                                                 "dead_letter_id": dead_letter_id,
+                                                 "actor": actor})
+
+    def _require_open(self, dead_letter_id: int) -> None:
+        status = self.dead_letter(dead_letter_id)["status"]
+        if status != "dead":
+            raise AlreadyResolved(f"the dead letter was already {status}")
+
+    # -- numbers ----------------------------------------------------------------------------
+
+    def stats(self) -> OutboxStats:
+        """Rows per status, expired leases and the lag."""
+        r = self.db.one("outbox_stats")
+        assert r is not None
+        return OutboxStats(int(r["pending"]), int(r["in_flight"]), int(r["done"]),
+                           int(r["dead"]), int(r["expired_leases"]),
+                           round(float(r["oldest_open_seconds"]), 3))
+
+    def dead_letter_counts(self) -> DeadLetterCounts:
+        r = self.db.one("dead_letter_stats")
+        assert r is not None
+        return DeadLetterCounts(int(r["open"]), int(r["replayed"]), int(r["discarded"]))

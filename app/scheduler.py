@@ -1,0 +1,96 @@
+"""The scheduler: periodic upkeep. Several may run; only the holder of an advisory lock acts.
+
+Tasks: reclaim expired leases, prune done outbox rows past retention, forget tombstones nothing
+waits for any more, and run the consistency check.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from app.consistency import Consistency
+from app.db.connector import Database
+from app.errors import MemoryPersistenceError
+from app.outbox import Outbox
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+LEADER_LOCK = "memctl-scheduler"
+
+
+@dataclass
+class Task:
+    name: str
+    interval: float
+    run: Callable[[], object]
+    last: float = field(default=-1e18)
+
+
+class Scheduler:
+    """Runs the tasks on their intervals while it holds the scheduler lock."""
+
+    def __init__(self, db: Database, tasks: list[Task]) -> None:
+        self.db = db
+        self.tasks = tasks
+        self.stop_event = threading.Event()
+        self.is_leader = False
+
+    def tick(self) -> list[str]:
+        """Run every due task once; returns the names run. Errors are logged, not fatal."""
+        ran = []
+        now = time.monotonic()
+        for task in self.tasks:
+            if now - task.last < task.interval:
+                continue
+            task.last = now
+            try:
+                result = task.run()
+                ran.append(task.name)
+                log.info("task done", extra={"action": f"scheduler.{task.name}",
+                                             "result": result})
+            except MemoryPersistenceError as exc:
+                log.warning("task failed", extra={"action": f"scheduler.{task.name}",
+                                                  "error": str(exc)[:300]})
+        return ran
+
+    def run(self) -> None:
+        """Loop until ``stop()``: hold the lock (or wait for it), run due tasks."""
+        while not self.stop_event.is_set():
+            try:
+                with self.db.session_lock(LEADER_LOCK) as lock:
+                    while not self.stop_event.is_set():
+                        lock.alive()  # still holding the session, and so the lock?
+                        if not self.is_leader and lock.try_acquire():
+                            self.is_leader = True
+                            log.info("scheduler is leader", extra={"action": "scheduler.leader"})
+                        if self.is_leader:
+                            self.tick()
+                        self.stop_event.wait(1.0)
+            except MemoryPersistenceError as exc:
+                log.warning("scheduler lost its connection", extra={
+                    "action": "scheduler.error", "error": str(exc)[:300]})
+                self.stop_event.wait(1.0)
+            finally:
+                self.is_leader = False  # the session is closed: the lock is released
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+
+def default_tasks(settings: Settings, outbox: Outbox, consistency: Consistency,
+                  check: bool = True) -> list[Task]:
+    """Reclaim, pruning and (with ``check``) the periodic consistency check."""
+    tasks = [
+        Task("reclaim", settings.reclaim_interval_seconds,
+             lambda: outbox.reclaim_expired().__dict__),
+        Task("prune_outbox", 3600.0, outbox.prune_done),
+        Task("prune_tombstones", 3600.0, consistency.prune_tombstones),
+    ]
+    if check:
+        tasks.append(Task("check", settings.check_interval_seconds,
+                          lambda: consistency.check().summary()))
+    return tasks
