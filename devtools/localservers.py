@@ -1,5 +1,7 @@
 """Real local servers for development, tests and CI: Postgres 18 + pgvector, Redis, Neo4j 5.
 
+Development tooling: it lives in the checkout, not in the shipped package.
+
 Everything lives under one state folder (``.local/`` by default): data, logs and pid files.
 ``up`` is idempotent, ``down`` stops exactly what ``up`` started (it checks the pid file's process
 still is the server it started before signalling it). Servers bind 127.0.0.1 only. A URL whose
