@@ -18,10 +18,10 @@ from sqlalchemy import text
 
 from app.db.connector import Database
 from app.embeddings import HashingEmbedder
-from app.extraction import RuleExtractor
-from app.projection import extraction_to_json
+from app.extraction import Extractor, RuleExtractor
 from app.settings import Settings
 from app.store import MemoryService, NewMemory
+from app.wiring import Services, build_services
 from bench.context import Context
 from bench.corpus import Corpus
 from bench.harness import BenchEnv, say
@@ -52,8 +52,8 @@ def preload(service: MemoryService, corpus: Corpus, n: int, users: int, prefix: 
     return time.monotonic() - began
 
 
-def vacuum(env: BenchEnv, dbname: str, *tables: str) -> None:
-    with psycopg.connect(env.admin_dsn(dbname), autocommit=True) as conn:
+def vacuum(env: BenchEnv, settings: Settings, *tables: str) -> None:
+    with psycopg.connect(env.admin_dsn(settings), autocommit=True) as conn:
         for table in tables:
             conn.execute(f"VACUUM ANALYZE {table}")
 
@@ -61,9 +61,9 @@ def vacuum(env: BenchEnv, dbname: str, *tables: str) -> None:
 VECTOR_INDEX = "memories_embedding_hnsw"
 
 
-def drop_vector_index(env: BenchEnv, dbname: str) -> str:
+def drop_vector_index(env: BenchEnv, settings: Settings) -> str:
     """Drop the HNSW index (bulk loads go several times faster); returns its definition."""
-    with psycopg.connect(env.admin_dsn(dbname), autocommit=True) as conn:
+    with psycopg.connect(env.admin_dsn(settings), autocommit=True) as conn:
         row = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s",
                            (VECTOR_INDEX,)).fetchone()
         if row is None:
@@ -72,10 +72,10 @@ def drop_vector_index(env: BenchEnv, dbname: str) -> str:
     return str(row[0])
 
 
-def build_index(env: BenchEnv, dbname: str, definition: str) -> float:
+def build_index(env: BenchEnv, settings: Settings, definition: str) -> float:
     """Recreate the index from its definition, with memory enough to build it in RAM."""
     began = time.monotonic()
-    with psycopg.connect(env.admin_dsn(dbname), autocommit=True) as conn:
+    with psycopg.connect(env.admin_dsn(settings), autocommit=True) as conn:
         conn.execute("SET maintenance_work_mem = '1GB'")
         conn.execute("SET max_parallel_maintenance_workers = 1")
         conn.execute(definition)
@@ -89,19 +89,19 @@ FILL = text(
     "WHERE m.id = v.id")
 
 
-def fill_extraction_cache(db: Database, extractor: RuleExtractor, chunk: int = 2000) -> int:
+def fill_extraction_cache(db: Database, extractor: Extractor, chunk: int = 2000) -> int:
     """Extract every memory without a current cached extraction and cache it in bulk (what the
     workers would have left behind); returns how many were filled."""
-    with db.transaction() as conn:
+    with db.engine.begin() as conn:
         rows = conn.execute(text(
             "SELECT id::text AS id, content FROM memories "
             "WHERE extracted_hash IS DISTINCT FROM content_hash")).all()
     for i in range(0, len(rows), chunk):
         part = rows[i:i + chunk]
-        with db.transaction() as conn:
+        with db.engine.begin() as conn:
             conn.execute(FILL, {
                 "ids": [r.id for r in part], "extractor": extractor.identity,
-                "entities": [json.dumps(extraction_to_json(extractor.extract(r.content)))
+                "entities": [json.dumps(extractor.extract(r.content).model_dump(mode="json"))
                              for r in part]})
     return len(rows)
 
@@ -109,11 +109,18 @@ def fill_extraction_cache(db: Database, extractor: RuleExtractor, chunk: int = 2
 @dataclass
 class Dataset:
     settings: Settings
-    db: Database
-    service: MemoryService
+    services: Services  # the database, the memory service, and (for check) graph and extractor
     users: int
     size: int = 0
     loads: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def db(self) -> Database:
+        return self.services.db
+
+    @property
+    def service(self) -> MemoryService:
+        return self.services.memories
 
     @property
     def user_ids(self) -> list[str]:
@@ -130,23 +137,22 @@ def dataset(ctx: Context, size: int, fill_cache: bool = False) -> Dataset:
     ds: Dataset | None = ctx.shared.get("dataset")
     if ds is None:
         settings = ctx.env.fresh_database("dataset")
-        db = Database(settings)
-        ds = Dataset(settings, db, MemoryService(settings, db, HashingEmbedder(
-            settings.embedding_dim)), ctx.sizes.search_users)
+        services = build_services(settings, embedder=HashingEmbedder(settings.embedding_dim),
+                                  extractor=RuleExtractor())
+        ds = Dataset(settings, services, ctx.sizes.search_users)
         ctx.shared["dataset"] = ds
     if ds.size < size:
         more = size - ds.size
-        dbname = ds.settings.database_url.rsplit("/", 1)[1]
         say(f"dataset: storing memories {ds.size}..{size} over {ds.users} users "
             "(HNSW index dropped while loading, rebuilt after)")
-        definition = drop_vector_index(ctx.env, dbname)
+        definition = drop_vector_index(ctx.env, ds.settings)
         seconds = preload(ds.service, Corpus(seed=SEED), more, ds.users, PREFIX, first=ds.size)
         say(f"  {more} stored in {seconds:.1f}s ({more / seconds:.0f}/s)")
         if fill_cache:
-            filled = fill_extraction_cache(ds.db, RuleExtractor())
+            filled = fill_extraction_cache(ds.db, ds.services.extractor)
             say(f"  extraction cached in bulk for {filled} memories (untimed set-up)")
         say("  building the index")
-        index_s = build_index(ctx.env, dbname, definition)
+        index_s = build_index(ctx.env, ds.settings, definition)
         say(f"  HNSW index over {size} memories built in {index_s:.1f}s")
         ds.loads.append({"from": ds.size, "to": size, "seconds": round(seconds, 2),
                          "per_s": round(more / seconds, 1), "index_build_s": round(index_s, 2),
@@ -155,15 +161,15 @@ def dataset(ctx: Context, size: int, fill_cache: bool = False) -> Dataset:
         ds.size = size
         # The outbox is not under test here: mark it delivered so a check sees nothing in
         # transit, then refresh planner statistics for the new size.
-        with ds.db.transaction() as conn:
+        with ds.db.engine.begin() as conn:
             conn.execute(text("UPDATE outbox SET status = 'done', done_at = now() "
                               "WHERE status <> 'done'"))
-        vacuum(ctx.env, dbname, "memories", "outbox")
+        vacuum(ctx.env, ds.settings, "memories", "outbox")
     return ds
 
 
 def close(ctx: Context) -> None:
-    """Dispose of the dataset's pool (its database goes with the servers)."""
+    """Close the dataset's pool and driver (its database goes with the servers)."""
     ds: Dataset | None = ctx.shared.pop("dataset", None)
     if ds is not None:
-        ds.db.dispose()
+        ds.services.close()

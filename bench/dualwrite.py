@@ -19,7 +19,6 @@ from typing import Any
 from neo4j import Driver, GraphDatabase, ManagedTransaction
 
 from app.db.connector import Database
-from app.db.sql import q
 from app.domain import content_hash, entity_key
 from app.embeddings import Embedder, to_pgvector
 from app.extraction import Extractor
@@ -72,13 +71,8 @@ class DualWriteService:
         """Write Postgres, then Neo4j, before answering; a Neo4j failure raises to the caller."""
         vector = self.embedder.embed([content])[0]
         digest = content_hash(content)
-        with self.db.transaction() as conn:
-            row = conn.execute(q("insert_memory"), {
-                "user_id": user_id, "content": content, "embedding": to_pgvector(vector),
-                "metadata": json.dumps(metadata or {}), "importance": importance,
-                "content_hash": digest,
-            }).one()
-        memory_id: uuid.UUID = row.id
+        memory_id = _insert(self.db, user_id, content, to_pgvector(vector),
+                            json.dumps(metadata or {}), importance, digest)
         extraction = self.extractor.extract(content)
         entities = sorted(
             ({"key": entity_key(user_id, e.type, e.name), "name": e.name, "type": e.type}
@@ -111,10 +105,19 @@ def bare_insert(db: Database, embedder: Embedder, user_id: str, content: str,
     no outbox row, no NOTIFY.
     """
     vector = embedder.embed([content])[0]
-    with db.transaction() as conn:
-        row = conn.execute(q("insert_memory"), {
-            "user_id": user_id, "content": content, "embedding": to_pgvector(vector),
-            "metadata": "{}", "importance": importance, "content_hash": content_hash(content),
-        }).one()
-    result: uuid.UUID = row.id
-    return result
+    return _insert(db, user_id, content, to_pgvector(vector), "{}", importance,
+                   content_hash(content))
+
+
+def _insert(db: Database, user_id: str, content: str, embedding: str, metadata: str,
+            importance: int, digest: str) -> uuid.UUID:
+    """The memory row, with the app's own named statement (``insert_memory``), one transaction."""
+    with db.transaction() as tx:
+        row = tx.one("insert_memory", {
+            "user_id": user_id, "content": content, "embedding": embedding,
+            "metadata": metadata, "importance": importance, "content_hash": digest,
+        })
+    if row is None:
+        raise RuntimeError("insert_memory returned no row")
+    memory_id: uuid.UUID = row["id"]
+    return memory_id

@@ -1,10 +1,16 @@
 """The benchmark's own servers and processes: started here, always stopped here.
 
-``BenchEnv`` starts Postgres, Redis and Neo4j (app.localservers) on free loopback ports in a
-temporary folder, migrates a template database, and hands each section a fresh database cloned
-from it. Every subprocess a section starts (relay, dramatiq workers, the web process, the slow
-proxy) is registered in ``Processes``, which stops each one by its process group on the way out,
-whatever happens (exceptions, Ctrl-C).
+The servers, the template database and the subprocesses come from ``devtools.harness``, the
+one harness of tests and benchmarks: ``BenchEnv`` starts a ``Stack`` (Postgres, Redis and Neo4j
+on free loopback ports in a temporary folder, a migrated template database) and hands each
+section a fresh database cloned from it. Every subprocess a section starts (relay, dramatiq
+workers, the web process, the slow proxy) is registered in one ``Processes``, which stops each
+one by its process group on the way out, whatever happens (exceptions, Ctrl-C), before the
+servers stop.
+
+What stays here is the benchmark's own: the CPU, RSS and machine-load meters, the Neo4j retry
+counter, the start-up of the relay, worker and proxy as a section needs them, the facts for the
+report and a few outbox counts.
 """
 
 from __future__ import annotations
@@ -16,33 +22,31 @@ import platform
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 import psycopg
-import redis as redis_lib
-from neo4j import Driver, GraphDatabase
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from app.db.connector import Database
-from app.db.migrations import upgrade
-from app.localservers import LocalServers, ServerUrls, free_port
-from app.settings import Settings, load_settings
+from app.settings import Settings
 from bench.stats import STOP
+from devtools.harness import ManagedProcess, Processes, Stack, child_env, wait_for
+from devtools.localservers import Status, free_port
 
-REPO = Path(__file__).resolve().parent.parent
-PG_USER = "memory"
 PG_PASSWORD = "bench-pg-pass"
 NEO4J_PASSWORD = "bench-neo4j-pass"
 TEMPLATE_DB = "bench_template"
+WORKER_READY = "Worker process is ready for action"
+STOP_GRACE = 20.0  # seconds a subprocess gets to exit on SIGTERM at the end of the run
 _T0 = time.monotonic()
 
 
@@ -52,83 +56,12 @@ def say(message: str) -> None:
     print(f"[{int(elapsed // 60):02d}:{elapsed % 60:05.2f}] {message}", flush=True)
 
 
-def wait_for(check: Callable[[], object], timeout: float, what: str,
-             interval: float = 0.05) -> None:
-    """Poll ``check`` until truthy or raise TimeoutError naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
-@dataclass
-class Proc:
-    """A subprocess this run started (in its own process group) and its log file."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def wait_log(self, needle: str, timeout: float = 60.0) -> None:
-        """Wait until the process logs ``needle``; fail early if it exits."""
-        def seen() -> bool:
-            if self.popen.poll() is not None:
-                tail = "\n".join(self.log_text().splitlines()[-20:])
-                raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{tail}")
-            return needle in self.log_text()
-        wait_for(seen, timeout, f"{self.name} to log {needle!r}", interval=0.01)
-
-
-class Processes:
-    """Every subprocess of the run, stopped by process group (SIGTERM, then SIGKILL)."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self.running: list[Proc] = []
-        self._count = 0
-
-    def start(self, name: str, argv: list[str], env: dict[str, str]) -> Proc:
-        self._count += 1
-        log = self.log_dir / f"{self._count:02d}-{name}.log"
-        with log.open("wb") as out:
-            popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                     stderr=subprocess.STDOUT, env=env, cwd=REPO,
-                                     start_new_session=True)
-        proc = Proc(name, popen, log)
-        self.running.append(proc)
-        return proc
-
-    def stop(self, proc: Proc, timeout: float = 20.0) -> None:
-        """SIGTERM the process group, wait, SIGKILL what is left; idempotent."""
-        if proc.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.popen.wait(10)
-        # Children (dramatiq's worker processes) share the group: make sure none survive.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        if proc in self.running:
-            self.running.remove(proc)
-
-    def stop_all(self) -> None:
-        for proc in reversed(list(self.running)):
-            try:
-                self.stop(proc)
-            except Exception as exc:  # keep stopping the others
-                print(f"warning: could not stop {proc.name} ({proc.pid}): {exc}", file=sys.stderr)
+def dbname(settings: Settings) -> str:
+    """The database a settings object points at."""
+    name = make_url(settings.database_url).database
+    if not name:
+        raise ValueError(f"no database in {settings.database_url!r}")
+    return name
 
 
 class RssSampler:
@@ -301,181 +234,108 @@ _neo4j_log.propagate = False
 
 @dataclass
 class BenchEnv:
-    """Servers, the template database and the subprocesses of one benchmark run."""
+    """The servers (a ``devtools.harness.Stack``) and the subprocesses of one benchmark run."""
 
-    state_dir: Path
-    urls: ServerUrls
-    servers: LocalServers
+    stack: Stack
     processes: Processes
-    pg_port: int
-    databases: list[str] = field(default_factory=list)
-    keep_state: bool = False
 
     @classmethod
     @contextlib.contextmanager
     def started(cls, keep_state: bool = False) -> Iterator[BenchEnv]:
         """Start everything; on the way out stop every subprocess, then the servers."""
         state = Path(tempfile.mkdtemp(prefix="memctl-bench-"))
-        pg_port = free_port()
-        urls = ServerUrls(
-            database_url=f"postgresql://{PG_USER}:{PG_PASSWORD}@127.0.0.1:{pg_port}/postgres",
-            redis_url=f"redis://127.0.0.1:{free_port()}/0",
-            neo4j_uri=f"bolt://127.0.0.1:{free_port()}",
-            neo4j_user="neo4j",
-            neo4j_password=NEO4J_PASSWORD,
-        )
         logs = state / "logs"
         logs.mkdir()
-        env = cls(state, urls, LocalServers(state, urls), Processes(logs), pg_port,
-                  keep_state=keep_state)
+        processes = Processes(logs)
+        previous: Any = None  # the SIGINT handler while the clean-up ignores a second Ctrl-C
+
+        def report(s: Status, secs: float) -> None:
+            say(f"  {s.name:<8} {s.state} {s.address} ({secs:.1f}s)")
+
         say(f"starting Postgres, Redis and Neo4j under {state}")
         try:
-            env.servers.up(lambda s, secs: say(f"  {s.name:<8} {s.state} {s.address} "
-                                               f"({secs:.1f}s)"))
-            with psycopg.connect(env.admin_dsn(), autocommit=True) as conn:
-                conn.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
-            upgrade(env.settings(TEMPLATE_DB))
-            say("template database migrated")
-            yield env
+            with Stack.started(state, pg_password=PG_PASSWORD, neo4j_password=NEO4J_PASSWORD,
+                               template=TEMPLATE_DB, report=report) as stack:
+                say("template database migrated")
+                try:
+                    yield cls(stack, processes)
+                finally:
+                    STOP.set()  # load threads still running (after Ctrl-C) stop at their next step
+                    # A second Ctrl-C must not cut the clean-up short (the servers stop when
+                    # the Stack's block ends, after this).
+                    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+                    say("stopping subprocesses and servers")
+                    processes.stop_all(STOP_GRACE)
         finally:
-            STOP.set()  # load threads still running (after Ctrl-C) stop at their next step
-            # A second Ctrl-C must not cut the clean-up short.
-            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-            try:
-                say("stopping subprocesses and servers")
-                env.processes.stop_all()
-                env.servers.down()
-            finally:
+            if previous is not None:
                 signal.signal(signal.SIGINT, previous)
-                if keep_state:
-                    say(f"state kept in {state}")
-                else:
-                    shutil.rmtree(state, ignore_errors=True)
+            if keep_state:
+                say(f"state kept in {state}")
+            else:
+                shutil.rmtree(state, ignore_errors=True)
 
-    # -- Postgres ---------------------------------------------------------------------------
+    # -- databases, graph and Redis (the Stack's) -------------------------------------------
 
-    def admin_dsn(self, dbname: str = "postgres") -> str:
-        return f"postgresql://{PG_USER}:{PG_PASSWORD}@127.0.0.1:{self.pg_port}/{dbname}"
-
-    def database_url(self, dbname: str) -> str:
-        return f"postgresql+psycopg://{PG_USER}:{PG_PASSWORD}@127.0.0.1:{self.pg_port}/{dbname}"
-
-    def settings(self, dbname: str, **overrides: object) -> Settings:
-        """Settings for ``dbname`` on the bench servers (defaults otherwise, as production)."""
-        values: dict[str, object] = {
-            "database_url": self.database_url(dbname),
-            "redis_url": self.urls.redis_url,
-            "neo4j_uri": self.urls.neo4j_uri,
-            "neo4j_user": self.urls.neo4j_user,
-            "neo4j_password": self.urls.neo4j_password,
-            "local_dir": self.state_dir,
-        }
-        values.update(overrides)
-        return load_settings(**values)
-
-    def fresh_database(self, name: str) -> Settings:
-        """A new database cloned from the migrated template, with its settings."""
-        dbname = f"bench_{name}"
-        with psycopg.connect(self.admin_dsn(), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-            conn.execute(f'CREATE DATABASE "{dbname}" TEMPLATE "{TEMPLATE_DB}"')
-        self.databases.append(dbname)
-        return self.settings(dbname)
+    def fresh_database(self, name: str, **overrides: object) -> Settings:
+        """A new database ``bench_<name>`` cloned from the template, with its settings."""
+        database = f"bench_{name}"
+        self.stack.create_database(database)
+        return self.stack.settings(database, **overrides)
 
     def drop_database(self, settings: Settings) -> None:
         """Drop a section's database to free disk and memory for the next one."""
-        dbname = settings.database_url.rsplit("/", 1)[1]
-        with psycopg.connect(self.admin_dsn(), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        self.stack.drop_database(dbname(settings))
 
-    # -- Neo4j and Redis --------------------------------------------------------------------
-
-    def driver(self, uri: str | None = None) -> Driver:
-        return GraphDatabase.driver(uri or self.urls.neo4j_uri,
-                                    auth=(self.urls.neo4j_user, self.urls.neo4j_password))
-
-    def clear_graph(self) -> None:
-        """Delete every node (constraints and indexes stay)."""
-        with self.driver() as driver, driver.session() as session:
-            session.run("MATCH (n) CALL (n) { DETACH DELETE n } "
-                        "IN TRANSACTIONS OF 5000 ROWS").consume()
-
-    def flush_redis(self) -> None:
-        client = redis_lib.Redis.from_url(self.urls.redis_url)
-        try:
-            client.flushall()
-        finally:
-            client.close()
+    def admin_dsn(self, settings: Settings) -> str:
+        """A plain psycopg DSN for the database of ``settings`` (VACUUM, EXPLAIN, ...)."""
+        return self.stack.admin_dsn(dbname(settings))
 
     def reset_shared(self) -> None:
         """An empty graph and an empty Redis, between sections."""
-        self.clear_graph()
-        self.flush_redis()
+        self.stack.clear_graph()
+        self.stack.flush_redis()
 
     # -- subprocesses -----------------------------------------------------------------------
 
-    def env_for(self, settings: Settings, **extra: str) -> dict[str, str]:
-        """The environment a relay, worker or web process reads its settings from."""
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("DATABASE_", "REDIS_", "NEO4J_", "API_"))}
-        env.update({
-            "DATABASE_URL": settings.database_url,
-            "REDIS_URL": settings.redis_url,
-            "NEO4J_URI": settings.neo4j_uri,
-            "NEO4J_USER": settings.neo4j_user,
-            "NEO4J_PASSWORD": settings.neo4j_password.get_secret_value(),
-            "WORKER_BATCH_SIZE": str(settings.worker_batch_size),
-            "RELAY_BATCH_SIZE": str(settings.relay_batch_size),
-            "LEASE_SECONDS": str(settings.lease_seconds),
-            "LOCAL_DIR": str(self.state_dir),
-            "LOG_LEVEL": "INFO",
-            "PYTHONUNBUFFERED": "1",
-        })
-        env.update(extra)
-        return env
-
     def start_worker(self, settings: Settings, processes: int = 1, threads: int = 4,
-                     neo4j_uri: str | None = None) -> Proc:
+                     neo4j_uri: str | None = None) -> ManagedProcess:
         """``python -m dramatiq workers.actors`` as the Procfile runs it; waits until ready."""
         extra = {"NEO4J_URI": neo4j_uri} if neo4j_uri else {}
         proc = self.processes.start(
             f"worker-p{processes}",
             [sys.executable, "-m", "dramatiq", "workers.actors", "--processes", str(processes),
              "--threads", str(threads)],
-            self.env_for(settings, **extra))
-        ready = "Worker process is ready for action"
-
-        def booted() -> bool:
-            if proc.popen.poll() is not None:
-                tail = "\n".join(proc.log_text().splitlines()[-20:])
-                raise RuntimeError(f"dramatiq worker exited:\n{tail}")
-            return proc.log_text().count(ready) >= processes
-
-        wait_for(booted, 90, "dramatiq worker processes", interval=0.02)
+            child_env(settings, **extra))
+        proc.wait_log(WORKER_READY, timeout=90, count=processes)
         return proc
 
-    def start_relay(self, settings: Settings) -> Proc:
+    def start_relay(self, settings: Settings) -> ManagedProcess:
         """``memctl relay``; returns once it logged that it started."""
         proc = self.processes.start("relay", [sys.executable, "-m", "app.cli", "relay"],
-                                    self.env_for(settings))
+                                    child_env(settings))
         proc.wait_log("relay started", 60)
         return proc
 
-    def start_proxy(self, delay_ms: float) -> tuple[Proc, str]:
+    def start_web(self, settings: Settings) -> ManagedProcess:
+        """``memctl web`` on ``settings.api_host:api_port`` (not waited for)."""
+        return self.processes.start("web", [sys.executable, "-m", "app.cli", "web"],
+                                    child_env(settings))
+
+    def start_proxy(self, delay_ms: float) -> tuple[ManagedProcess, str]:
         """The slow-Neo4j proxy in front of the Bolt port; returns it and its bolt:// URI."""
         port = free_port()
-        target = self.servers.get("neo4j").endpoint.port  # type: ignore[attr-defined]
+        target = self.stack.servers.get("neo4j").endpoint.port
         proc = self.processes.start(
             "proxy", [sys.executable, "-m", "bench.proxy", "--listen-port", str(port),
                       "--target-port", str(target), "--delay-ms", str(delay_ms)],
-            dict(os.environ))
+            {**os.environ, "PYTHONUNBUFFERED": "1"})
         proc.wait_log("ready", 30)
         return proc, f"bolt://127.0.0.1:{port}"
 
     def server_pids(self) -> dict[str, int]:
         """The pid of each running server (Postgres: the postmaster)."""
         out = {}
-        for server in self.servers:
+        for server in self.stack.servers:
             pid = server.pid()
             if pid is not None:
                 out[server.name] = pid
@@ -486,18 +346,18 @@ class BenchEnv:
     def versions(self) -> dict[str, str]:
         """Server and library versions."""
         out: dict[str, str] = {}
-        with psycopg.connect(self.admin_dsn(TEMPLATE_DB)) as conn:
+        with psycopg.connect(self.stack.admin_dsn(self.stack.template)) as conn:
             row = conn.execute("SHOW server_version").fetchone()
             out["postgres"] = str(row[0]) if row else "?"
             row = conn.execute(
                 "SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
             out["pgvector"] = str(row[0]) if row else "?"
-        with self.driver() as driver:
+        with self.stack.driver() as driver:
             records, _, _ = driver.execute_query(
                 "CALL dbms.components() YIELD name, versions, edition "
                 "RETURN name, versions[0] AS v, edition")
             out["neo4j"] = " ".join(f"{r['v']} {r['edition']}" for r in records)
-        client = redis_lib.Redis.from_url(self.urls.redis_url)
+        client = self.stack.redis()
         try:
             out["redis"] = str(client.info("server")["redis_version"])
         finally:
@@ -533,13 +393,13 @@ def machine() -> dict[str, Any]:
 
 def open_outbox(db: Database) -> int:
     """Outbox rows not finished yet (pending or in flight)."""
-    with db.transaction() as conn:
+    with db.engine.begin() as conn:
         return int(conn.execute(text(
             "SELECT count(*) FROM outbox WHERE status IN ('pending', 'in_flight')")).scalar_one())
 
 
 def dead_outbox(db: Database) -> int:
-    with db.transaction() as conn:
+    with db.engine.begin() as conn:
         return int(conn.execute(text(
             "SELECT count(*) FROM outbox WHERE status = 'dead'")).scalar_one())
 

@@ -18,8 +18,7 @@ from sqlalchemy import text
 
 from app.db.connector import Database
 from app.embeddings import HashingEmbedder
-from app.graph.neo4j import Neo4jGraph
-from app.store import MemoryService
+from app.wiring import build_services
 from bench.context import Context
 from bench.corpus import Corpus
 from bench.harness import CpuMeter, say, wait_drained, worker_log_stats
@@ -29,7 +28,7 @@ USERS = 10
 
 
 def _arrivals(db: Database, ids: list[str]) -> dict[str, float]:
-    with db.transaction() as conn:
+    with db.engine.begin() as conn:
         rows = conn.execute(text(
             "SELECT memory_id::text AS id, extract(epoch FROM done_at) AS done FROM outbox "
             "WHERE memory_id = ANY(CAST(:ids AS uuid[])) AND status = 'done'"),
@@ -42,10 +41,9 @@ def run(ctx: Context) -> dict[str, Any]:
     env, sz = ctx.env, ctx.sizes
     settings = env.fresh_database("lag")
     env.reset_shared()
-    db = Database(settings)
-    service = MemoryService(settings, db, HashingEmbedder(settings.embedding_dim))
+    services = build_services(settings, embedder=HashingEmbedder(settings.embedding_dim))
+    db, service, graph = services.db, services.memories, services.graph
     corpus = Corpus(seed=31)
-    graph = Neo4jGraph(settings)
     results: list[dict[str, Any]] = []
     offset = 0
     worker = env.start_worker(settings)
@@ -63,7 +61,7 @@ def run(ctx: Context) -> dict[str, Any]:
                 memory, _ = service.store(f"lag-user-{n % USERS}", corpus.text(n))
                 return str(memory.id)
 
-            log_mark = len(worker.log_text())
+            log_mark = len(worker.log(None))
             meter = CpuMeter({**env.server_pids(), "worker": worker.pid, "relay": relay.pid,
                               "bench": os.getpid()})
             meter.start()
@@ -71,7 +69,7 @@ def run(ctx: Context) -> dict[str, Any]:
             offset += int(rate * sz.lag_seconds)
             drain = wait_drained(db, 300)
             cpu = meter.stop()
-            batches = worker_log_stats(worker.log_text()[log_mark:])
+            batches = worker_log_stats(worker.log(None)[log_mark:])
             ids = [r[1] for r in paced.results]
             arrivals = _arrivals(db, ids)
             lags = [arrivals[mid] - finished for _, mid, finished in paced.results
@@ -98,8 +96,7 @@ def run(ctx: Context) -> dict[str, Any]:
     finally:
         for proc in (relay, worker):
             env.processes.stop(proc)
-        graph.close()
-        db.dispose()
+        services.close()
         env.drop_database(settings)
     return {"method": "commit time recorded by the writer; arrival = outbox.done_at "
                       "(set after the graph write commits)",

@@ -9,22 +9,21 @@ requests over HTTP from 4 threads while its RSS is polled.
 from __future__ import annotations
 
 import itertools
-import sys
 import time
 from typing import Any
 
 import httpx
 
-from app.db.connector import Database
 from app.embeddings import HashingEmbedder
-from app.localservers import free_port
-from app.store import MemoryService
+from app.wiring import build_services
 from bench.context import Context
 from bench.corpus import Corpus
 from bench.dataset import preload
-from bench.harness import RssSampler, say, wait_for
+from bench.harness import RssSampler, say
 from bench.sections import projection
 from bench.stats import Latencies, run_closed
+from devtools.harness import wait_for
+from devtools.localservers import free_port
 
 API_KEY = "bench-service-key"
 THREADS = 4
@@ -36,15 +35,15 @@ def _worker_rss(ctx: Context) -> list[dict[str, Any]]:
         env = ctx.env
         settings = env.fresh_database("memory_worker")
         env.reset_shared()
-        db = Database(settings, pool_size=4)
+        services = build_services(settings, pool_size=4,
+                                  embedder=HashingEmbedder(settings.embedding_dim))
         n = min(ctx.sizes.projection_n, 5000)
         try:
             say(f"memory: no projection run yet; projecting {n} memories for worker RSS")
-            preload(MemoryService(settings, db, HashingEmbedder(
-                settings.embedding_dim)), Corpus(seed=23), n, 10, "m-user")
-            projection._end_to_end(ctx, settings, db, n, 1)
+            preload(services.memories, Corpus(seed=23), n, 10, "m-user")
+            projection._end_to_end(ctx, settings, services.db, n, 1)
         finally:
-            db.dispose()
+            services.close()
             env.drop_database(settings)
     rows: list[dict[str, Any]] = ctx.shared["worker_rss"]
     return rows
@@ -54,19 +53,19 @@ def run(ctx: Context) -> dict[str, Any]:
     """Worker RSS (from projection runs) and web RSS under ~``web_requests`` requests."""
     env, sz = ctx.env, ctx.sizes
     worker = _worker_rss(ctx)
-    settings = env.fresh_database("web")
     port = free_port()
+    settings = env.fresh_database("web", api_host="127.0.0.1", api_port=port,
+                                  api_service_keys=API_KEY, api_admin_keys="bench-admin-key",
+                                  log_level="WARNING")
     corpus = Corpus(seed=59)
-    web = env.processes.start("web", [sys.executable, "-m", "app.cli", "web"], env.env_for(
-        settings, API_PORT=str(port), API_HOST="127.0.0.1", API_SERVICE_KEYS=API_KEY,
-        API_ADMIN_KEYS="bench-admin-key", LOG_LEVEL="WARNING"))
+    web = env.start_web(settings)
     base = f"http://127.0.0.1:{port}"
     serial = itertools.count()
     try:
         with httpx.Client(base_url=base, timeout=30) as probe:
             def live() -> bool:
-                if web.popen.poll() is not None:
-                    raise RuntimeError(f"web exited:\n{web.log_text()[-2000:]}")
+                if web.proc.poll() is not None:
+                    raise RuntimeError(f"web exited:\n{web.log()}")
                 try:
                     return probe.get("/api/health/live").status_code == 200
                 except httpx.HTTPError:

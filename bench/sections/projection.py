@@ -25,10 +25,10 @@ from sqlalchemy import text
 from app.db.connector import Database
 from app.embeddings import HashingEmbedder
 from app.extraction import RuleExtractor
+from app.graph.base import MemoryProjection
 from app.graph.neo4j import Neo4jGraph
-from app.graph.projector import MemoryProjection
 from app.projection import build_projection
-from app.store import MemoryService
+from app.wiring import build_services
 from bench.context import Context
 from bench.corpus import Corpus
 from bench.dataset import PRELOAD_BATCH, preload, vacuum
@@ -39,9 +39,9 @@ from bench.harness import (
     dead_outbox,
     open_outbox,
     say,
-    wait_for,
     worker_log_stats,
 )
+from devtools.harness import wait_for
 
 RAW_CONFIGS = ((50, 1), (50, 4), (500, 1))  # (batch size, threads)
 
@@ -49,7 +49,7 @@ RAW_CONFIGS = ((50, 1), (50, 4), (500, 1))  # (batch size, threads)
 def reset_pending(db: Database, keep_extraction: bool = False) -> None:
     """Back to the pre-loaded state: every row pending again, no cached extraction (unless
     ``keep_extraction``: a replay, where workers find every extraction cached)."""
-    with db.transaction() as conn:
+    with db.engine.begin() as conn:
         if not keep_extraction:
             conn.execute(text("UPDATE memories SET entities = NULL, extractor = NULL, "
                               "extracted_hash = NULL"))
@@ -90,8 +90,8 @@ def _end_to_end(ctx: Context, settings: Any, db: Database, n: int, processes: in
             env.processes.stop(relay)
     finally:
         env.processes.stop(worker)
-    batches = worker_log_stats(worker.log_text())
-    with db.transaction() as conn:
+    batches = worker_log_stats(worker.log(None))
+    with db.engine.begin() as conn:
         span = conn.execute(text(
             "SELECT extract(epoch FROM max(done_at) - min(done_at)), "
             "count(*) FILTER (WHERE status = 'done') FROM outbox")).one()
@@ -120,7 +120,7 @@ def _end_to_end(ctx: Context, settings: Any, db: Database, n: int, processes: in
 def projections_of(db: Database, n: int) -> list[MemoryProjection]:
     """The projection of every memory, extracted here (untimed) exactly as a worker would."""
     extractor = RuleExtractor()
-    with db.transaction() as conn:
+    with db.engine.begin() as conn:
         rows = conn.execute(text(
             "SELECT id, user_id, version, importance, content_hash, content FROM memories "
             "ORDER BY id")).all()
@@ -131,7 +131,7 @@ def projections_of(db: Database, n: int) -> list[MemoryProjection]:
 def _raw(ctx: Context, settings: Any, projections: list[MemoryProjection], batch: int,
          threads: int) -> dict[str, Any]:
     say(f"projection: raw Neo4jGraph.project, batches of {batch}, {threads} thread(s)")
-    ctx.env.clear_graph()
+    ctx.env.stack.clear_graph()
     graph = Neo4jGraph(settings)
     graph.ensure_schema()
     batches = [projections[i:i + batch] for i in range(0, len(projections), batch)]
@@ -178,7 +178,7 @@ def warm_neo4j(ctx: Context, settings: Any, n: int = 3000) -> None:
     finally:
         graph.close()
     NEO4J_RETRIES.take()
-    ctx.env.clear_graph()
+    ctx.env.stack.clear_graph()
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -186,35 +186,35 @@ def run(ctx: Context) -> dict[str, Any]:
     env, sz = ctx.env, ctx.sizes
     n = sz.projection_n
     settings = env.fresh_database("projection")
-    dbname = settings.database_url.rsplit("/", 1)[1]
     env.reset_shared()
-    db = Database(settings, pool_size=4)
-    service = MemoryService(settings, db, HashingEmbedder(settings.embedding_dim))
+    services = build_services(settings, pool_size=4,
+                              embedder=HashingEmbedder(settings.embedding_dim))
+    db, service = services.db, services.memories
     try:
         say(f"projection: pre-loading {n} memories over {sz.projection_users} users "
             "(relay stopped)")
         load_s = preload(service, Corpus(seed=23), n, sz.projection_users, "p-user")
         say(f"  stored in {load_s:.1f}s ({n / load_s:.0f}/s with store_many)")
-        vacuum(env, dbname, "memories", "outbox")
+        vacuum(env, settings, "memories", "outbox")
         warm_neo4j(ctx, settings)
         runs = []
         for i, processes in enumerate(sz.worker_processes):
             if i:
                 reset_pending(db)
-                vacuum(env, dbname, "memories", "outbox")
+                vacuum(env, settings, "memories", "outbox")
                 env.reset_shared()
             runs.append(_end_to_end(ctx, settings, db, n, processes))
         # A replay: extraction cached in Postgres, so the worker skips extracting and saving.
         reset_pending(db, keep_extraction=True)
-        vacuum(env, dbname, "memories", "outbox")
+        vacuum(env, settings, "memories", "outbox")
         env.reset_shared()
         replay = _end_to_end(ctx, settings, db, n, 1, label="replay, extraction cached")
         projections = projections_of(db, n)
         raw = [_raw(ctx, settings, projections, b, t) for b, t in RAW_CONFIGS]
     finally:
-        db.dispose()
+        services.close()
         env.drop_database(settings)
-        env.clear_graph()
+        env.stack.clear_graph()
     best = max(runs, key=lambda r: r["per_s"])
     limit = max(raw, key=lambda r: r["per_s"])
     same = next((r for r in raw if (r["batch"], r["threads"])

@@ -164,8 +164,7 @@ def run(ctx: Context) -> dict[str, Any]:
     say(f"  p50 {lat4.ms(50):.2f} ms  p99 {lat4.ms(99):.2f} ms  {lat4.throughput:.0f}/s")
     ctx.samples["search (1 thr)"] = lat1.samples
     say("search: exact answers (index unusable) and recall@10")
-    dbname = ds.settings.database_url.rsplit("/", 1)[1]
-    with psycopg.connect(ctx.env.admin_dsn(dbname), autocommit=True,
+    with psycopg.connect(ctx.env.admin_dsn(ds.settings), autocommit=True,
                          prepare_threshold=None) as conn:
         quality, exact_lat = _quality(conn, service, embedder, queries)
         _, user, query = queries[0]

@@ -23,14 +23,14 @@ from sqlalchemy import text
 from app.db.connector import Database
 from app.embeddings import HashingEmbedder
 from app.extraction import RuleExtractor
-from app.graph.neo4j import Neo4jGraph
 from app.settings import Settings
-from app.store import MemoryService
+from app.wiring import build_services
 from bench.context import Context
 from bench.corpus import Corpus
 from bench.dualwrite import DualWriteService, bare_insert
-from bench.harness import NEO4J_RETRIES, Proc, dead_outbox, open_outbox, say, wait_drained
+from bench.harness import NEO4J_RETRIES, dead_outbox, open_outbox, say, wait_drained
 from bench.stats import Latencies, percentile, run_closed
+from devtools.harness import ManagedProcess
 
 THREADS = (1, 8)
 USERS = 8
@@ -39,13 +39,13 @@ RUNNING = "running"
 
 
 def _max_outbox_id(db: Database) -> int:
-    with db.transaction() as conn:
+    with db.engine.begin() as conn:
         return int(conn.execute(text("SELECT coalesce(max(id), 0) FROM outbox")).scalar_one())
 
 
 def _delivery(db: Database, after_id: int) -> dict[str, Any]:
     """Commit-to-done time of the outbox rows written since ``after_id`` (Postgres clocks)."""
-    with db.transaction() as conn:
+    with db.engine.begin() as conn:
         rows = conn.execute(text(
             "SELECT extract(epoch FROM done_at - created_at) FROM outbox "
             "WHERE id > :after AND status = 'done'"), {"after": after_id}).scalars().all()
@@ -59,16 +59,13 @@ def run(ctx: Context) -> dict[str, Any]:
     env, sz = ctx.env, ctx.sizes
     settings = env.fresh_database("write")
     env.reset_shared()
-    db = Database(settings)
-    embedder = HashingEmbedder(settings.embedding_dim)
-    service = MemoryService(settings, db, embedder)
-    graph = Neo4jGraph(settings)
-    graph.ensure_schema()
-    graph.close()
+    services = build_services(settings, embedder=HashingEmbedder(settings.embedding_dim))
+    db, embedder, service = services.db, services.embedder, services.memories
+    services.graph.ensure_schema()
     corpus = Corpus(seed=11)
     serial = itertools.count()
     auth = (settings.neo4j_user, settings.neo4j_password.get_secret_value())
-    _proxy, slow_uri = env.start_proxy(sz.slow_ms)
+    proxy, slow_uri = env.start_proxy(sz.slow_ms)
     dual = {"direct": DualWriteService(db, embedder, RuleExtractor(), settings.neo4j_uri, auth),
             "slow": DualWriteService(db, embedder, RuleExtractor(), slow_uri, auth)}
     dual["direct"].ensure_schema()
@@ -118,8 +115,8 @@ def run(ctx: Context) -> dict[str, Any]:
             say(f"  outbox drained {drain:.1f}s after the last write")
         return lat
 
-    worker: Proc | None = None
-    relay: Proc | None = None
+    worker: ManagedProcess | None = None
+    relay: ManagedProcess | None = None
     try:
         # A: the request path alone (workers elsewhere, as deployed): nothing else runs.
         for threads in THREADS:
@@ -146,12 +143,12 @@ def run(ctx: Context) -> dict[str, Any]:
                     warmup=sz.dual_warmup // 4)
         dead = dead_outbox(db)
     finally:
-        for proc in (relay, worker):
+        for proc in (relay, worker, proxy):
             if proc is not None:
                 env.processes.stop(proc)
         for d in dual.values():
             d.close()
-        db.dispose()
+        services.close()
         env.drop_database(settings)
     return {
         "included": ("every path computes the embedding inside the timed call; store adds "

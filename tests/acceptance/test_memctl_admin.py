@@ -15,10 +15,11 @@ from sqlalchemy import text
 
 from app.db.connector import Database
 from app.graph.neo4j import Neo4jGraph
-from app.localservers import free_port
-from app.projection import Projector
+from app.outbox import Outbox
+from app.projector import Projector
 from app.settings import Settings
 from app.store import MemoryService
+from devtools.localservers import free_port
 from tests.conftest import PoisonExtractor, drain
 
 pytestmark = pytest.mark.servers
@@ -69,7 +70,7 @@ def projector(settings: Settings, db: Database, neo4j_driver: Driver,
               extractor: PoisonExtractor) -> Projector:
     graph = Neo4jGraph(settings, driver=neo4j_driver)
     graph.ensure_schema()
-    return Projector(settings, db, graph, extractor)
+    return Projector(db, Outbox(settings, db), graph, extractor)
 
 
 @pytest.fixture
@@ -106,7 +107,7 @@ def test_sync_check_repair_full_rebuild(memctl: Memctl, world: list[str], neo4j_
 
     planned = memctl.json("sync", "repair", "--dry-run")
     assert planned["repair"]["queued"] == 1 and planned["repair"]["dry_run"] is True
-    with db.transaction() as conn:
+    with db.engine.begin() as conn:
         assert conn.execute(text("SELECT count(*) FROM outbox WHERE event_type = 'resync'")
                             ).scalar_one() == 0
 
@@ -147,7 +148,7 @@ def test_dead_letters_list_show_replay_discard(memctl: Memctl, poisoned: str,
     assert replayed.returncode == 0, replayed.stderr
     assert "replayed 1 dead letter" in replayed.stdout
     drain(projector, db)
-    with db.transaction() as conn:
+    with db.engine.begin() as conn:
         assert conn.execute(text("SELECT count(*) FROM outbox WHERE status <> 'done'")
                             ).scalar_one() == 0
 

@@ -14,8 +14,8 @@ import psutil
 import pytest
 from neo4j import Driver
 
-from app.localservers import free_port
 from app.settings import Settings
+from devtools.localservers import free_port
 from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

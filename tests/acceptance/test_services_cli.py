@@ -10,12 +10,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from app.localservers import free_port
+from devtools.localservers import free_port
 
 MEMCTL = [sys.executable, "-m", "app.cli"]
 
 
 @pytest.mark.slow
+@pytest.mark.servers
 def test_up_status_down_from_nothing(tmp_path: Path) -> None:
     env = {
         **os.environ,

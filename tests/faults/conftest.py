@@ -8,11 +8,7 @@ projection of Postgres that every fault test ends on (DESIGN invariant 4).
 
 from __future__ import annotations
 
-import contextlib
-import os
 import random
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -23,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import dramatiq
-import psutil
 import pytest
 import redis as redis_lib
 from dramatiq.brokers.redis import RedisBroker
@@ -32,12 +27,13 @@ from sqlalchemy import text
 
 from app.db.connector import Database
 from app.domain import entity_key
-from app.embeddings import HashingEmbedder
+from app.outbox import Outbox
+from app.queue import ProjectionQueue, build_broker
+from app.relay import Relay
 from app.settings import Settings
 from app.store import MemoryService
-from tests.conftest import TestServers, wait_for
-from workers.broker import build_broker
-from workers.relay import Relay
+from devtools.harness import ManagedProcess, child_env
+from tests.conftest import TestServers
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER_ARGV = [sys.executable, "-m", "dramatiq", "workers.actors", "--processes", "1",
@@ -105,90 +101,7 @@ def fault_settings(make_settings: Callable[..., Settings]) -> Settings:
 
 def process_env(settings: Settings) -> dict[str, str]:
     """The environment a worker or relay process reads its settings from."""
-    names = {name.upper() for name in Settings.model_fields}
-    env = {k: v for k, v in os.environ.items() if k.upper() not in names}
-    env.update({
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": settings.redis_url,
-        "NEO4J_URI": settings.neo4j_uri,
-        "NEO4J_USER": settings.neo4j_user,
-        "NEO4J_PASSWORD": settings.neo4j_password.get_secret_value(),
-        "NEO4J_DATABASE": settings.neo4j_database,
-        "QUEUE_NAME": settings.queue_name,
-        "EMBEDDING_DIM": str(settings.embedding_dim),
-        "LEASE_SECONDS": str(settings.lease_seconds),
-        "RETRY_BASE_SECONDS": str(settings.retry_base_seconds),
-        "RETRY_CAP_SECONDS": str(settings.retry_cap_seconds),
-        "RETRY_MAX_ATTEMPTS": str(settings.retry_max_attempts),
-        "WORKER_BATCH_SIZE": str(settings.worker_batch_size),
-        "RELAY_BATCH_SIZE": str(settings.relay_batch_size),
-        "RELAY_POLL_SECONDS": str(settings.relay_poll_seconds),
-        "LOCAL_DIR": str(settings.local_dir),
-        "LOG_LEVEL": "INFO",
-        "PYTHONUNBUFFERED": "1",
-    })
-    return env
-
-
-# -- processes ------------------------------------------------------------------------------
-
-
-class ManagedProcess:
-    """A child process in its own session, so one signal reaches its whole process group."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.name = name
-        self.log_path = log_path
-        with log_path.open("ab") as log:
-            self.proc = subprocess.Popen(argv, env=env, cwd=REPO, stdin=subprocess.DEVNULL,
-                                         stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-        self.pid = self.proc.pid
-
-    def group(self) -> list[psutil.Process]:
-        """Live (non-zombie) members of the process group, forked children included."""
-        members = []
-        for p in psutil.process_iter(["status"]):
-            try:
-                if os.getpgid(p.pid) == self.pid and p.info["status"] != psutil.STATUS_ZOMBIE:
-                    members.append(p)
-            except (ProcessLookupError, psutil.Error, OSError):
-                continue
-        return members
-
-    def log(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def wait_log(self, needle: str, timeout: float = 60) -> None:
-        def seen() -> bool:
-            if self.proc.poll() is not None:
-                pytest.fail(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
-            return needle in self.log_path.read_text(errors="replace")
-
-        wait_for(seen, timeout, f"{self.name} to log {needle!r}")
-
-    def kill(self) -> None:
-        """SIGKILL the whole group (the dramatiq parent and its forked workers) and reap it."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        wait_for(lambda: not self.group(), 10, f"{self.name} group to be gone")
-
-    def terminate(self, timeout: float) -> int:
-        """SIGTERM the leader only (what a process manager does); its return code."""
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"{self.name} did not exit within {timeout}s of SIGTERM:\n{self.log()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None or self.group():
-            self.kill()
-        self.proc.wait(timeout=10)
+    return child_env(settings, LOG_LEVEL="INFO")
 
 
 @pytest.fixture
@@ -199,7 +112,7 @@ def processes(tmp_path: Path) -> Iterator[Callable[[str, list[str], Settings], M
 
     def start(name: str, argv: list[str], settings: Settings) -> ManagedProcess:
         log_path = tmp_path / f"{name}-{next(counter)}.log"
-        proc = ManagedProcess(name, argv, process_env(settings), log_path)
+        proc = ManagedProcess(name, argv, process_env(settings), log_path, cwd=REPO)
         started.append(proc)
         return proc
 
@@ -238,7 +151,7 @@ class Relays:
 
     def start(self, settings: Settings) -> Relay:
         broker = build_broker(settings)
-        relay = Relay(settings, self.db, broker)
+        relay = Relay(settings, Outbox(settings, self.db), ProjectionQueue(settings, broker))
         thread = threading.Thread(target=relay.run, name="relay", daemon=True)
         thread.start()
         self.running.append(RelayRunner(relay, thread, broker))
@@ -264,16 +177,11 @@ def relays(db: Database, redis_client: redis_lib.Redis) -> Iterator[Relays]:
         r.stop_all()
 
 
-@pytest.fixture
-def service(settings: Settings, db: Database) -> MemoryService:
-    return MemoryService(settings, db, HashingEmbedder(settings.embedding_dim))
-
-
 # -- Postgres and Redis probes --------------------------------------------------------------
 
 
 def outbox_counts(db: Database) -> dict[str, int]:
-    with db.transaction() as conn:
+    with db.engine.begin() as conn:
         rows = conn.execute(text("SELECT status, count(*) FROM outbox GROUP BY status")).all()
     counts = {"pending": 0, "in_flight": 0, "done": 0, "dead": 0}
     counts.update({r[0]: int(r[1]) for r in rows})
@@ -281,12 +189,12 @@ def outbox_counts(db: Database) -> dict[str, int]:
 
 
 def outbox_rows(db: Database) -> list[Any]:
-    with db.transaction() as conn:
+    with db.engine.begin() as conn:
         return list(conn.execute(text("SELECT * FROM outbox ORDER BY id")).all())
 
 
 def dead_letters(db: Database) -> list[Any]:
-    with db.transaction() as conn:
+    with db.engine.begin() as conn:
         return list(conn.execute(text("SELECT * FROM dead_letters ORDER BY id")).all())
 
 
@@ -395,7 +303,7 @@ def _expected(row: Any) -> tuple[set[str], Counter[tuple[str, str, str]]]:
 
 def graph_problems(db: Database, driver: Driver) -> list[str]:
     """Every difference between the graph and the projection of Postgres (empty: they match)."""
-    with db.transaction() as conn:
+    with db.engine.begin() as conn:
         pg = {str(r.id): r for r in conn.execute(text(
             "SELECT id, user_id, version, deleted_at, entities, content_hash, extracted_hash "
             "FROM memories")).all()}

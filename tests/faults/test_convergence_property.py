@@ -30,10 +30,12 @@ from app.db.connector import Database
 from app.domain import content_hash
 from app.extraction import RuleExtractor
 from app.graph.neo4j import Neo4jGraph
-from app.projection import Projector, build_projection
+from app.outbox import Outbox
+from app.projection import build_projection
+from app.projector import Projector
+from app.queue import ProjectionQueue, build_broker
 from app.settings import Settings
 from app.store import MemoryService
-from tests.conftest import empty_graph
 from tests.faults.conftest import (
     CONTENTS,
     ManagedProcess,
@@ -43,7 +45,6 @@ from tests.faults.conftest import (
     outbox_rows,
     wait_drained,
 )
-from workers.broker import build_broker, project_message
 
 pytestmark = pytest.mark.servers
 
@@ -95,9 +96,11 @@ class Harness:
         if self.worker is not None:
             self.worker.kill()
         self.redis.flushall()
-        with self.db.transaction() as conn:
+        with self.db.engine.begin() as conn:
             conn.execute(text(f"TRUNCATE {TABLES} CASCADE"))
-        empty_graph(self.driver)
+        with self.driver.session() as session:  # IN TRANSACTIONS needs auto-commit
+            session.run("MATCH (n) CALL (n) { DETACH DELETE n } "
+                        "IN TRANSACTIONS OF 5000 ROWS").consume()
         self.model = Model()
         self.worker = self.start_worker(self.settings)
         self.relays.start(self.settings)
@@ -156,7 +159,7 @@ class Harness:
         chosen = (done or rows)[index % len(done or rows)]
         before = self.graph_version(str(chosen.memory_id))
         if via == "broker":
-            self.broker.enqueue(project_message(self.settings, [chosen.id]))
+            ProjectionQueue(self.settings, self.broker).send([chosen.id])
             return
         outcome = self.projector.process([chosen.id])
         if chosen.status == "done":
@@ -240,9 +243,10 @@ class Harness:
         assert_graph_matches_postgres(self.db, self.driver)
         # ... and the product's own proof agrees: `sync check` finds nothing.
         graph = Neo4jGraph(self.settings, driver=self.driver)
-        report = Consistency(self.settings, self.db, graph).check(store=False)
+        report = Consistency(self.settings, self.db, Outbox(self.settings, self.db),
+                             graph).check(store=False)
         assert report.consistent, report.findings
-        with self.db.transaction() as conn:
+        with self.db.engine.begin() as conn:
             versions = {str(r.id): r.version for r in conn.execute(
                 text("SELECT id, version FROM memories")).all()}
         assert versions == {m: h[-1][0] for m, h in self.model.history.items()}
@@ -258,7 +262,7 @@ def harness(make_settings: Callable[..., Settings], db: Database, neo4j_driver: 
     broker = build_broker(settings)
     graph = Neo4jGraph(settings, driver=neo4j_driver)
     graph.ensure_schema()
-    projector = Projector(settings, db, graph, RuleExtractor(), rng=random.Random(0))
+    projector = Projector(db, Outbox(settings, db, rng=random.Random(0)), graph, RuleExtractor())
     try:
         yield Harness(settings, db, neo4j_driver, redis_client, relays, start_worker, service,
                       broker, projector, graph)

@@ -21,7 +21,9 @@ from sqlalchemy import text
 from app.db.connector import Database
 from app.extraction import RuleExtractor
 from app.graph.neo4j import Neo4jGraph, c
-from app.projection import Outcome, Projector, build_projection
+from app.outbox import Outbox
+from app.projection import build_projection
+from app.projector import Outcome, Projector
 from app.settings import Settings
 from app.store import MemoryService
 from tests.conftest import wait_for
@@ -49,7 +51,7 @@ def blocked_transactions(driver: Driver) -> int:
 
 def drain_by_hand(projector: Projector, db: Database) -> None:
     for _ in range(10):
-        with db.transaction() as conn:
+        with db.engine.begin() as conn:
             conn.execute(text("UPDATE outbox SET next_attempt_at = now() WHERE status = 'pending'"))
         ids = [r.id for r in outbox_rows(db) if r.status in ("pending", "in_flight")]
         if not ids:
@@ -62,7 +64,7 @@ def test_orphan_removal_racing_a_new_mention_is_retried_not_dead(
         fault_settings: Settings, db: Database, service: MemoryService, graph: Neo4jGraph,
         neo4j_driver: Driver) -> None:
     extractor = RuleExtractor()
-    projector = Projector(fault_settings, db, graph, extractor)
+    projector = Projector(db, Outbox(fault_settings, db), graph, extractor)
     a, _ = service.store("alice", "Meeting with John Smith about Q4 roadmap at Acme Corp")
     drain_by_hand(projector, db)
     a2 = service.update("alice", a.id, content="buy milk and eggs")  # A stops naming John

@@ -8,7 +8,8 @@ from neo4j import Driver
 from app.db.connector import Database
 from app.extraction import RuleExtractor
 from app.graph.neo4j import Neo4jGraph
-from app.projection import Projector
+from app.outbox import Outbox
+from app.projector import Projector
 from app.settings import Settings
 from app.store import MemoryService
 from tests.faults.conftest import assert_graph_matches_postgres, graph_problems, outbox_rows
@@ -45,7 +46,7 @@ def test_the_check_reports_each_kind_of_difference(
         cypher: str, reported: str) -> None:
     graph = Neo4jGraph(fault_settings, driver=neo4j_driver)
     graph.ensure_schema()
-    projector = Projector(fault_settings, db, graph, RuleExtractor())
+    projector = Projector(db, Outbox(fault_settings, db), graph, RuleExtractor())
     live, _ = service.store("alice", "Meeting with John Smith about Q4 roadmap at Acme Corp")
     service.update("alice", live.id, importance=9)
     gone, _ = service.store("alice", "Lunch with Sarah Connor and John Smith on Friday")

@@ -34,14 +34,14 @@ pytestmark = pytest.mark.servers
 
 def backing_off(db: Database) -> int:
     """Rows that failed on Neo4j and wait for a retry scheduled in the future."""
-    with db.transaction() as conn:
+    with db.engine.begin() as conn:
         return int(conn.execute(text(
             "SELECT count(*) FROM outbox WHERE status = 'pending' AND attempts >= 1"
             " AND next_attempt_at > now() AND last_error ILIKE '%neo4j%'")).scalar_one())
 
 
 def max_attempts(db: Database) -> int:
-    with db.transaction() as conn:
+    with db.engine.begin() as conn:
         return int(conn.execute(text("SELECT coalesce(max(attempts), 0) FROM outbox"))
                    .scalar_one())
 

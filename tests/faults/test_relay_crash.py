@@ -19,6 +19,9 @@ from dramatiq.brokers.redis import RedisBroker
 from neo4j import Driver
 
 from app.db.connector import Database
+from app.outbox import Outbox
+from app.queue import ProjectionQueue, build_broker
+from app.relay import Relay
 from app.settings import Settings
 from app.store import MemoryService
 from tests.conftest import wait_for
@@ -32,8 +35,6 @@ from tests.faults.conftest import (
     random_writes,
     wait_drained,
 )
-from workers.broker import build_broker
-from workers.relay import Relay
 
 pytestmark = pytest.mark.servers
 
@@ -70,8 +71,9 @@ def test_crash_between_enqueue_and_commit_duplicates_never_loses(
     ids = sorted(r.id for r in outbox_rows(db))
 
     crashing = CrashAfterEnqueue(broker)
+    queue = ProjectionQueue(fault_settings, crashing)  # type: ignore[arg-type]
     with pytest.raises(RelayCrashed):
-        Relay(fault_settings, db, crashing).dispatch_once()  # type: ignore[arg-type]
+        Relay(fault_settings, Outbox(fault_settings, db), queue).dispatch_once()
 
     # The claim rolled back: every row is still pending, unleased, with no attempt counted...
     rows = outbox_rows(db)
@@ -82,7 +84,8 @@ def test_crash_between_enqueue_and_commit_duplicates_never_loses(
     assert queued_messages(redis_client, fault_settings) == [ids]
 
     # A healthy relay sends the same rows again: a duplicate, not a loss.
-    relay = Relay(fault_settings, db, broker)
+    relay = Relay(fault_settings, Outbox(fault_settings, db),
+                  ProjectionQueue(fault_settings, broker))
     assert relay.dispatch_once() == len(ids)
     assert sorted(queued_messages(redis_client, fault_settings)) == [ids, ids]
     assert outbox_counts(db)["in_flight"] == len(ids)

@@ -63,7 +63,7 @@ def test_two_workers_two_relays_converge_without_crossing_users(
         assert "projection.done" in w.log(10_000), f"worker {w.pid} projected nothing"
 
     # The same name in several users' memories is one entity per user, never a shared one.
-    with db.transaction() as conn:
+    with db.engine.begin() as conn:
         users_naming_john = {r.user_id for r in conn.execute(text(
             "SELECT DISTINCT user_id FROM memories WHERE deleted_at IS NULL"
             " AND content LIKE '%John Smith%'")).all()}

@@ -18,10 +18,11 @@ from starlette.exceptions import StarletteDeprecationWarning
 from app.api import create_app
 from app.db.connector import Database
 from app.graph.neo4j import Neo4jGraph
-from app.localservers import free_port
-from app.projection import Projector
+from app.outbox import Outbox
+from app.projector import Projector
 from app.settings import Settings
 from app.store import MemoryService
+from devtools.localservers import free_port
 from tests.conftest import PoisonExtractor, TestServers, bearer, drain
 
 with warnings.catch_warnings():
@@ -50,13 +51,13 @@ def extractor() -> PoisonExtractor:
 @pytest.fixture
 def projector(settings: Settings, db: Database, graph: Neo4jGraph,
               extractor: PoisonExtractor) -> Projector:
-    return Projector(settings, db, graph, extractor)
+    return Projector(db, Outbox(settings, db), graph, extractor)
 
 
 
 
 def scalar(db: Database, sql: str, **params: Any) -> Any:
-    with db.transaction() as conn:
+    with db.engine.begin() as conn:
         return conn.execute(text(sql), params).scalar_one()
 
 
@@ -83,11 +84,11 @@ def dead(service: MemoryService, projector: Projector, db: Database) -> dict[str
     bob, _ = service.store("bob", f"{POISON} note from Bob")
     service.store("alice", "A healthy note about Project Phoenix")
     drain(projector, db)
-    with db.transaction() as conn:
+    with db.engine.begin() as conn:
         conn.execute(text("INSERT INTO outbox (memory_id, user_id, memory_version, event_type)"
                           " VALUES (:id, 'bob', 1, 'resync')"), {"id": bob.id})
     drain(projector, db)
-    with db.transaction() as conn:
+    with db.engine.begin() as conn:
         rows = conn.execute(text(
             "SELECT id, user_id, event_type, memory_id FROM dead_letters ORDER BY id")).all()
     by_kind = {(r.user_id, r.event_type): r.id for r in rows}
@@ -229,10 +230,10 @@ def test_status_is_degraded_and_writes_go_on_when_one_server_is_down(
 
 
 def test_ready_is_503_until_the_schema_is_migrated(client: TestClient, db: Database) -> None:
-    with db.transaction() as conn:
+    with db.engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = '0000_old'"))
     stale = client.get("/api/health/ready")
-    with db.transaction() as conn:
+    with db.engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = '0001'"))
     assert stale.status_code == 503
     error = stale.json()["error"]
@@ -395,7 +396,7 @@ def test_show_replay_by_id_after_the_cause_is_fixed(
     replayed = client.post(f"/api/admin/dead-letters/{dead['alice']}/replay")
     assert replayed.status_code == 200, replayed.text
     assert replayed.json() == {"replayed": [dead["alice"]], "count": 1, "skipped": []}
-    with db.transaction() as conn:
+    with db.engine.begin() as conn:
         row = conn.execute(text("SELECT o.status, o.attempts FROM outbox o JOIN dead_letters d"
                                 " ON d.outbox_id = o.id WHERE d.id = :id"),
                            {"id": dead["alice"]}).one()

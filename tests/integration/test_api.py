@@ -23,8 +23,8 @@ from starlette.exceptions import StarletteDeprecationWarning
 from app.api import create_app
 from app.db.connector import Database
 from app.errors import ConfigError
-from app.localservers import free_port
 from app.settings import Settings
+from devtools.localservers import free_port
 from tests.conftest import TEMPLATE_DB, TestServers, bearer, wait_for
 
 with warnings.catch_warnings():
@@ -418,7 +418,7 @@ def test_served_access_log_never_has_the_key(settings: Settings, service_key: st
            "LOG_LEVEL": "DEBUG", "LOCAL_DIR": str(tmp_path)}
     log_path = tmp_path / "web.log"
     with log_path.open("wb") as log_file:
-        process = subprocess.Popen([sys.executable, "-m", "app.api.server"], cwd=ROOT, env=env,
+        process = subprocess.Popen([sys.executable, "-m", "app.cli", "web"], cwd=ROOT, env=env,
                                    stdout=log_file, stderr=subprocess.STDOUT)
     try:
         base = f"http://127.0.0.1:{port}"

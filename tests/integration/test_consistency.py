@@ -13,7 +13,8 @@ from app.consistency import Consistency
 from app.db.connector import Database
 from app.extraction import RuleExtractor
 from app.graph.neo4j import Neo4jGraph
-from app.projection import Projector
+from app.outbox import Outbox
+from app.projector import Projector
 from app.settings import Settings
 from app.store import MemoryService
 from tests.conftest import drain
@@ -21,19 +22,19 @@ from tests.conftest import drain
 
 @pytest.fixture
 def projector(settings: Settings, db: Database, graph: Neo4jGraph) -> Projector:
-    return Projector(settings, db, graph, RuleExtractor())
+    return Projector(db, Outbox(settings, db), graph, RuleExtractor())
 
 
 @pytest.fixture
 def consistency(settings: Settings, db: Database, graph: Neo4jGraph) -> Consistency:
-    return Consistency(settings, db, graph, RuleExtractor(), page_size=7)
+    return Consistency(settings, db, Outbox(settings, db), graph, RuleExtractor(), page_size=7)
 
 
 
 
 def stored(db: Database, open_only: bool = True) -> list[Any]:
     where = "WHERE resolved_at IS NULL" if open_only else ""
-    with db.transaction() as conn:
+    with db.engine.begin() as conn:
         return list(conn.execute(text(f"SELECT * FROM inconsistencies {where} ORDER BY id")))
 
 
@@ -52,7 +53,7 @@ def test_a_converged_world_is_consistent(consistency: Consistency, world: dict[s
     report = consistency.check()
     assert report.consistent, report.findings
     assert report.checked == 20 and report.graph_nodes_checked == 20
-    with db.transaction() as conn:
+    with db.engine.begin() as conn:
         run = conn.execute(text("SELECT * FROM check_runs")).one()
     assert run.finished_at is not None and run.checked == 20 and run.found == 0
 
@@ -107,7 +108,7 @@ def test_deleted_in_postgres_but_live_in_graph(consistency: Consistency, world: 
                                                 db: Database) -> None:
     victim = world["memories"][0]
     service.delete(victim.user_id, victim.id)
-    with db.transaction() as conn:  # the delete event got lost (say, by a bad manual edit)
+    with db.engine.begin() as conn:  # the delete event got lost (say, by a bad manual edit)
         conn.execute(text("UPDATE outbox SET status = 'done' WHERE event_type = 'delete'"))
     report = consistency.check()
     assert [f.kind for f in report.findings] == ["orphan_memory"]
@@ -158,8 +159,9 @@ def test_rebuild_while_writes_go_on_ends_consistent(
             while not stop.is_set():
                 m = world["memories"][i % len(world["memories"])]
                 service.update(m.user_id, m.id, content=f"Update {i} with Kyle Reese")
-                projector.process([r[0] for r in db.all("claim_due", {
-                    "limit": 50, "lease_seconds": 30})])
+                with projector.outbox.claim(50) as ids:
+                    pass
+                projector.process(ids)
                 i += 1
         except BaseException as exc:  # surfaced below
             errors.append(exc)

@@ -17,12 +17,13 @@ from app.db.connector import Database
 from app.embeddings import HashingEmbedder
 from app.extraction import RuleExtractor
 from app.graph.neo4j import Neo4jGraph
-from app.projection import Projector
+from app.outbox import Outbox
+from app.projector import Projector
+from app.queue import ProjectionQueue, build_broker, declare_project_actor
+from app.relay import Relay
 from app.settings import Settings
 from app.store import MemoryService
 from tests.conftest import wait_for
-from workers.broker import build_broker, declare_project_actor
-from workers.relay import Relay
 
 
 @dataclass
@@ -42,7 +43,7 @@ def broker(settings: Settings, redis_client: redis_lib.Redis) -> Iterator[RedisB
 
 def start_relay(settings: Settings, db: Database, broker: RedisBroker,
                 threads: list[threading.Thread]) -> Relay:
-    relay = Relay(settings, db, broker)
+    relay = Relay(settings, Outbox(settings, db), ProjectionQueue(settings, broker))
     t = threading.Thread(target=relay.run, name="relay", daemon=True)
     t.start()
     threads.append(t)
@@ -54,14 +55,15 @@ def pipeline(settings: Settings, db: Database, broker: RedisBroker,
              neo4j_driver: Driver) -> Iterator[Pipeline]:
     graph = Neo4jGraph(settings, driver=neo4j_driver)
     graph.ensure_schema()
-    projector = Projector(settings, db, graph, RuleExtractor())
+    projector = Projector(db, Outbox(settings, db), graph, RuleExtractor())
     declare_project_actor(broker, settings, projector.process)
     worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=100)
     worker.start()
     threads: list[threading.Thread] = []
     relays = [start_relay(settings, db, broker, threads)]
     try:
-        yield Pipeline(broker, relays, MemoryService(settings, db, HashingEmbedder(384)), db)
+        service = MemoryService(settings, db, Outbox(settings, db), HashingEmbedder(384))
+        yield Pipeline(broker, relays, service, db)
     finally:
         for r in relays:
             r.stop()
@@ -71,7 +73,7 @@ def pipeline(settings: Settings, db: Database, broker: RedisBroker,
 
 
 def all_done(db: Database) -> bool:
-    with db.transaction() as conn:
+    with db.engine.begin() as conn:
         open_rows = conn.execute(text(
             "SELECT count(*) FROM outbox WHERE status <> 'done'")).scalar_one()
         total = conn.execute(text("SELECT count(*) FROM outbox")).scalar_one()
@@ -108,7 +110,7 @@ def test_many_writes_converge_with_two_relays(pipeline: Pipeline, settings: Sett
         for m in ids[1::6]:
             svc.delete(m.user_id, m.id)
         wait_for(lambda: all_done(db), 60, "outbox drained")
-        with db.transaction() as conn:
+        with db.engine.begin() as conn:
             expected = {str(r.id): r.version for r in conn.execute(
                 text("SELECT id, version FROM memories")).all()}
         assert graph_versions(neo4j_driver) == expected
@@ -122,10 +124,11 @@ def test_two_relays_never_dispatch_a_row_twice_in_one_lease(
         settings: Settings, db: Database, broker: RedisBroker,
         redis_client: redis_lib.Redis) -> None:
     declare_project_actor(broker, settings, lambda ids: None)
-    svc = MemoryService(settings, db, HashingEmbedder(384))
+    svc = MemoryService(settings, db, Outbox(settings, db), HashingEmbedder(384))
     for i in range(300):
         svc.store("alice", f"note {i}")
-    relays = [Relay(settings, db, broker) for _ in range(2)]
+    relays = [Relay(settings, Outbox(settings, db), ProjectionQueue(settings, broker))
+              for _ in range(2)]
     barrier = threading.Barrier(2)
 
     def run(relay: Relay) -> None:
@@ -148,16 +151,16 @@ def test_two_relays_never_dispatch_a_row_twice_in_one_lease(
 def test_expired_leases_are_dispatched_again(settings: Settings, db: Database,
                                              broker: RedisBroker) -> None:
     declare_project_actor(broker, settings, lambda ids: None)
-    svc = MemoryService(settings, db, HashingEmbedder(384))
+    svc = MemoryService(settings, db, Outbox(settings, db), HashingEmbedder(384))
     svc.store("alice", "lost message")
-    relay = Relay(settings, db, broker)
+    relay = Relay(settings, Outbox(settings, db), ProjectionQueue(settings, broker))
     assert relay.dispatch_once() == 1
     assert relay.dispatch_once() == 0  # leased: not sent again while the lease runs
-    with db.transaction() as conn:  # the lease ran out (the worker died, Redis lost it)
+    with db.engine.begin() as conn:  # the lease ran out (the worker died, Redis lost it)
         conn.execute(text("UPDATE outbox SET lease_expires_at = now() - interval '1 second'"))
     relay._last_reclaim = 0.0
     relay.maybe_reclaim()
-    with db.transaction() as conn:
+    with db.engine.begin() as conn:
         row = conn.execute(text("SELECT status, attempts, last_error FROM outbox")).one()
     assert row.status == "pending" and row.attempts == 1 and "lease expired" in row.last_error
     assert relay.dispatch_once() == 1

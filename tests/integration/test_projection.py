@@ -15,7 +15,8 @@ from app.db.connector import Database
 from app.domain import Entity, Extraction, Relation
 from app.errors import ExtractionError, ExtractionRetryable, GraphUnavailable
 from app.graph.neo4j import Neo4jGraph
-from app.projection import Projector
+from app.outbox import Outbox
+from app.projector import Projector
 from app.settings import Settings
 from app.store import MemoryService
 from app.testing import FailingGraph
@@ -52,17 +53,17 @@ def extractor() -> WordsExtractor:
 @pytest.fixture
 def projector(settings: Settings, db: Database, graph: Neo4jGraph,
               extractor: WordsExtractor) -> Projector:
-    return Projector(settings, db, graph, extractor)
+    return Projector(db, Outbox(settings, db), graph, extractor)
 
 
 def open_ids(db: Database) -> list[int]:
-    with db.transaction() as conn:
+    with db.engine.begin() as conn:
         return [r[0] for r in conn.execute(text(
             "SELECT id FROM outbox WHERE status IN ('pending', 'in_flight') ORDER BY id"))]
 
 
 def outbox(db: Database) -> list[Any]:
-    with db.transaction() as conn:
+    with db.engine.begin() as conn:
         return list(conn.execute(text("SELECT * FROM outbox ORDER BY id")).all())
 
 
@@ -108,7 +109,7 @@ def test_rows_are_done_only_after_the_graph_has_them(service: MemoryService, db:
                                                      neo4j_driver: Driver) -> None:
     m, _ = service.store("alice", "meeting with John")
     down = FailingGraph(projector.graph, lambda _: GraphUnavailable("Neo4j is down"))
-    failing = Projector(projector.settings, db, down, projector.extractor)
+    failing = Projector(db, projector.outbox, down, projector.extractor)
     failing.process(open_ids(db))
     row = outbox(db)[0]
     assert row.status == "pending" and row.attempts == 1
@@ -141,7 +142,7 @@ def test_an_old_event_after_a_newer_one_changes_nothing(service: MemoryService,
     projector.process(second)  # the newer event arrives first
     # ... it projected the current state and finished the older row too (version <= 2).
     assert [r.status for r in outbox(db)] == ["done", "done"]
-    with db.transaction() as conn:  # force the old row to be delivered late anyway
+    with db.engine.begin() as conn:  # force the old row to be delivered late anyway
         conn.execute(text("UPDATE outbox SET status = 'pending' WHERE id = :id"), {"id": first[0]})
     projector.process(first)
     state = graph_memory(neo4j_driver, m.id)
@@ -151,7 +152,7 @@ def test_an_old_event_after_a_newer_one_changes_nothing(service: MemoryService,
 def test_a_late_stale_event_does_not_resurrect_a_deleted_memory(
         service: MemoryService, projector: Projector, db: Database, graph: Neo4jGraph,
         neo4j_driver: Driver) -> None:
-    from app.graph.projector import EntityRow, MemoryProjection
+    from app.graph.base import EntityRow, MemoryProjection
 
     m, _ = service.store("alice", "coffee with Dave")
     service.delete("alice", m.id)
@@ -178,7 +179,7 @@ def test_poison_event_becomes_a_dead_letter_others_converge(
     rows = {r.memory_id: r for r in outbox(db)}
     assert rows[good.id].status == "done"
     assert rows[bad.id].status == "dead"  # a permanent error: retrying cannot help
-    with db.transaction() as conn:
+    with db.engine.begin() as conn:
         dead = conn.execute(text("SELECT * FROM dead_letters")).all()
     assert len(dead) == 1 and dead[0].memory_id == bad.id and dead[0].user_id == "alice"
     assert "always fails" in dead[0].last_error
@@ -189,14 +190,14 @@ def test_retryable_failures_keep_their_history_then_die(
         service: MemoryService, settings: Settings, db: Database, projector: Projector) -> None:
     service.store("alice", "visit Grace")
     down = FailingGraph(projector.graph, lambda _: GraphUnavailable("connection refused"))
-    failing = Projector(settings, db, down, projector.extractor)
+    failing = Projector(db, Outbox(settings, db), down, projector.extractor)
     for _ in range(settings.retry_max_attempts):
-        with db.transaction() as conn:
+        with db.engine.begin() as conn:
             conn.execute(text("UPDATE outbox SET next_attempt_at = now()"))
         failing.process([r.id for r in outbox(db)])
     row = outbox(db)[0]
     assert row.status == "dead" and row.attempts == settings.retry_max_attempts
-    with db.transaction() as conn:
+    with db.engine.begin() as conn:
         dead = conn.execute(text("SELECT * FROM dead_letters")).one()
     assert [e["attempt"] for e in dead.errors] == list(range(1, settings.retry_max_attempts + 1))
     assert all("connection refused" in e["error"] for e in dead.errors)
@@ -214,7 +215,7 @@ def test_extraction_is_cached_until_content_changes(service: MemoryService,
     service.update("alice", m.id, content="hike with Judy")
     drain(projector, db)
     assert extractor.calls == 2
-    with db.transaction() as conn:
+    with db.engine.begin() as conn:
         row = conn.execute(text("SELECT entities, extractor FROM memories")).one()
     assert row.extractor == "test-words/1"
     assert row.entities["entities"] == [{"name": "Judy", "type": "person"}]

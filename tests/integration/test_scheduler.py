@@ -7,34 +7,36 @@ import threading
 from neo4j import Driver
 from sqlalchemy import text
 
+from app.consistency import Consistency
 from app.db.connector import Database
 from app.embeddings import HashingEmbedder
 from app.extraction import RuleExtractor
 from app.graph.neo4j import Neo4jGraph
-from app.projection import Projector
+from app.outbox import Outbox
+from app.projector import Projector
+from app.scheduler import Scheduler, Task, default_tasks
 from app.settings import Settings
 from app.store import MemoryService
 from tests.conftest import wait_for
-from workers.scheduler import Scheduler, Task, prune_done_outbox, prune_tombstones
 
 
 def converge(settings: Settings, db: Database, graph: Neo4jGraph) -> None:
-    projector = Projector(settings, db, graph, RuleExtractor())
-    with db.transaction() as conn:
+    projector = Projector(db, Outbox(settings, db), graph, RuleExtractor())
+    with db.engine.begin() as conn:
         ids = [r[0] for r in conn.execute(text("SELECT id FROM outbox WHERE status = 'pending'"))]
     projector.process(ids)
 
 
 def test_prune_done_outbox_keeps_recent_and_open_rows(settings: Settings, db: Database) -> None:
-    svc = MemoryService(settings, db, HashingEmbedder(384))
+    svc = MemoryService(settings, db, Outbox(settings, db), HashingEmbedder(384))
     for i in range(5):
         svc.store("alice", f"note {i}")
-    with db.transaction() as conn:
+    with db.engine.begin() as conn:
         conn.execute(text("UPDATE outbox SET status = 'done', done_at = now() - interval '30 days'"
                           " WHERE id <= 3"))
         conn.execute(text("UPDATE outbox SET status = 'done', done_at = now() WHERE id = 4"))
-    assert prune_done_outbox(db, settings, limit=2) == 3  # in bounded batches
-    with db.transaction() as conn:
+    assert Outbox(settings, db).prune_done(limit=2) == 3  # in bounded batches
+    with db.engine.begin() as conn:
         left = conn.execute(text("SELECT id, status FROM outbox ORDER BY id")).all()
     assert [(r.id, r.status) for r in left] == [(4, "done"), (5, "pending")]
 
@@ -43,7 +45,7 @@ def test_tombstones_are_forgotten_once_nothing_waits_for_them(
         settings: Settings, db: Database, neo4j_driver: Driver) -> None:
     graph = Neo4jGraph(settings, driver=neo4j_driver)
     graph.ensure_schema()
-    svc = MemoryService(settings, db, HashingEmbedder(384))
+    svc = MemoryService(settings, db, Outbox(settings, db), HashingEmbedder(384))
     old, _ = svc.store("alice", "Old note about Sarah Connor")
     recent, _ = svc.store("alice", "Recent note about Kyle Reese")
     waiting, _ = svc.store("alice", "Pending note about John Connor")
@@ -52,11 +54,11 @@ def test_tombstones_are_forgotten_once_nothing_waits_for_them(
     svc.delete("alice", recent.id)
     converge(settings, db, graph)
     svc.delete("alice", waiting.id)  # its delete is not projected yet
-    with db.transaction() as conn:
+    with db.engine.begin() as conn:
         conn.execute(text("UPDATE memories SET deleted_at = now() - interval '30 days' "
                           "WHERE id IN (:a, :b)"), {"a": old.id, "b": waiting.id})
-    assert prune_tombstones(db, graph, settings) == 1
-    with db.transaction() as conn:
+    assert Consistency(settings, db, Outbox(settings, db), graph).prune_tombstones() == 1
+    with db.engine.begin() as conn:
         left = {r[0] for r in conn.execute(text("SELECT id FROM memories"))}
     assert left == {recent.id, waiting.id}
     records, _, _ = neo4j_driver.execute_query("MATCH (m:Memory) RETURN m.id AS id")
@@ -66,7 +68,7 @@ def test_tombstones_are_forgotten_once_nothing_waits_for_them(
 def test_only_one_scheduler_acts(settings: Settings, db: Database) -> None:
     runs: list[str] = []
     schedulers = [
-        Scheduler(settings, db, [Task("probe", 0.05, lambda n=n: runs.append(n))])
+        Scheduler(db, [Task("probe", 0.05, lambda n=n: runs.append(n))])
         for n in ("a", "b")
     ]
     threads = [threading.Thread(target=s.run) for s in schedulers]
@@ -91,19 +93,20 @@ def test_only_one_scheduler_acts(settings: Settings, db: Database) -> None:
 
 
 def test_reclaim_task_returns_expired_leases(settings: Settings, db: Database) -> None:
-    from workers.scheduler import default_tasks
-
-    svc = MemoryService(settings, db, HashingEmbedder(384))
+    svc = MemoryService(settings, db, Outbox(settings, db), HashingEmbedder(384))
     svc.store("alice", "leased and lost")
-    with db.transaction() as conn:
+    with db.engine.begin() as conn:
         conn.execute(text("UPDATE outbox SET status = 'in_flight', "
                           "lease_expires_at = now() - interval '1 minute'"))
     graph = Neo4jGraph(settings)
     try:
-        scheduler = Scheduler(settings, db, default_tasks(settings, db, graph))
+        outbox = Outbox(settings, db)
+        tasks = default_tasks(settings, outbox, Consistency(settings, db, outbox, graph),
+                              check=False)
+        scheduler = Scheduler(db, tasks)
         assert "reclaim" in scheduler.tick()
     finally:
         graph.close()
-    with db.transaction() as conn:
+    with db.engine.begin() as conn:
         row = conn.execute(text("SELECT status, attempts FROM outbox")).one()
     assert (row.status, row.attempts) == ("pending", 1)

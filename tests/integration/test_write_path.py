@@ -14,9 +14,10 @@ from sqlalchemy import Connection, text
 from app.db.connector import Database
 from app.embeddings import HashingEmbedder
 from app.errors import NotFound, ValidationError, VersionConflict
-from app.localservers import free_port
+from app.outbox import Outbox
 from app.settings import Settings
 from app.store import MemoryService, NewMemory
+from devtools.localservers import free_port
 
 pytestmark = pytest.mark.servers
 
@@ -128,7 +129,7 @@ def test_writes_succeed_while_redis_and_neo4j_are_unreachable(
     spy = ConnectSpy()
     monkeypatch.setattr(socket.socket, "connect", spy(socket.socket.connect))
     monkeypatch.setattr(socket.socket, "connect_ex", spy(socket.socket.connect_ex))
-    service = MemoryService(down, db, HashingEmbedder(down.embedding_dim))
+    service = MemoryService(down, db, Outbox(down, db), HashingEmbedder(down.embedding_dim))
 
     memory, created = service.store("alice", "written while the graph is down",
                                     idempotency_key="k1")
