@@ -14,8 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 EventType = Literal["upsert", "delete", "resync"]
 
-# Bounds of the API's inputs and pages.
-MAX_USER_ID = 128
+# Bounds of the API's pages (the bounds of inputs live in app.validation and settings).
 MAX_PAGE = 500
 MAX_TOP_K = 100
 
@@ -36,6 +35,9 @@ class Memory(BaseModel):
     entities: list[Entity] | None = Field(
         default=None, description="Entities found by the extractor, once a worker has run."
     )
+    truncated: bool = Field(
+        default=False, description="The stored content was longer than MAX_CONTENT_CHARS and "
+                                   "is cut here (only rows written around the API).")
 
 
 class ScoredMemory(Memory):

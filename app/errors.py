@@ -15,6 +15,8 @@
     ├── VersionConflict           409 version_conflict: the expected version is stale
     ├── Busy                      409 busy: a conflicting operation runs (a rebuild)
     ├── AlreadyResolved           409 already_resolved: a dead letter was replayed or discarded
+    ├── PayloadTooLarge           413 payload_too_large: a body over MAX_BODY_BYTES
+    ├── RateLimited               429 rate_limited: the key is over its rate (Retry-After)
     ├── StoreError                500: Postgres failed
     │   └── StoreUnavailable      503 store_unavailable: cannot reach Postgres (retryable)
     ├── GraphError                500: Neo4j failed
@@ -140,6 +142,26 @@ class AlreadyResolved(MemoryPersistenceError):
     status = 409
     code = "already_resolved"
     public: ClassVar[str | None] = None
+
+
+class PayloadTooLarge(MemoryPersistenceError):
+    """A request body over the limit, refused before it is read."""
+
+    status = 413
+    code = "payload_too_large"
+    public: ClassVar[str | None] = None
+
+
+class RateLimited(MemoryPersistenceError):
+    """The key sent more requests than its rate allows; ``retry_after`` seconds to wait."""
+
+    status = 429
+    code = "rate_limited"
+    public: ClassVar[str | None] = None
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class StoreError(MemoryPersistenceError):

@@ -6,6 +6,7 @@ environment anywhere else: processes call ``load_settings()`` once and pass the 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -14,6 +15,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.errors import ConfigError
+from app.validation import MetadataLimits
 
 KeyList = Annotated[tuple[SecretStr, ...], NoDecode]
 
@@ -28,8 +30,8 @@ class Settings(BaseSettings):
     """Every setting of every process. Defaults suit the local servers ``memctl services`` runs."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True,
-        case_sensitive=False,
+        env_file=".env", env_file_encoding="utf-8", extra="ignore",
+        frozen=True, case_sensitive=False,
     )
 
     # Servers
@@ -44,9 +46,25 @@ class Settings(BaseSettings):
     # HTTP API
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
+    # Bootstrap keys; more keys (and tenant-bound ones) live hashed in Postgres (memctl keys).
     api_service_keys: KeyList = ()
     api_admin_keys: KeyList = ()
+    api_key_cache_seconds: float = Field(5.0, ge=0, le=300)  # revocation reaches every process
+    api_docs: bool = True  # /docs (Swagger UI from the local package) and /openapi.json
+    # Per-key requests per second (token bucket per web process); 0 turns the limit off.
+    api_rate_limit_per_second: float = Field(0.0, ge=0)
+    api_rate_limit_burst: int = Field(50, ge=1, le=100_000)
+    # A client must deliver a whole request (headers and body) within this many seconds.
+    api_request_timeout_seconds: float = Field(30.0, gt=0, le=3600)
+    auth_log_interval_seconds: float = Field(60.0, ge=0)  # rejected keys: one line per interval
+    idempotency_retention_hours: float = Field(24.0, ge=0)
+
+    # Input bounds, for every door (HTTP and the Python API)
+    max_body_bytes: int = Field(1_048_576, ge=1024, le=104_857_600)
     max_content_chars: int = Field(10_000, ge=1, le=1_000_000)
+    max_metadata_bytes: int = Field(16_384, ge=64, le=1_048_576)
+    max_metadata_depth: int = Field(16, ge=1, le=64)
+    max_metadata_keys: int = Field(256, ge=1, le=10_000)
 
     # Embeddings
     embedding_provider: Literal["local", "openai", "sentence-transformers"] = "local"
@@ -122,6 +140,11 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def metadata_limits(self) -> MetadataLimits:
+        return MetadataLimits(self.max_metadata_bytes, self.max_metadata_depth,
+                              self.max_metadata_keys)
+
+    @property
     def psycopg_dsn(self) -> str:
         """The database URL in the form plain psycopg (LISTEN/NOTIFY) expects."""
         return self.database_url.replace("postgresql+psycopg://", "postgresql://", 1)
@@ -148,7 +171,14 @@ def _render(value: object) -> str:
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Read the settings; a bad value raises ConfigError with one line naming the variable."""
+    """Read the settings; a bad value raises ConfigError with one line naming the variable.
+
+    Besides the environment and ``.env``, the secrets ``memctl services up`` generated for the
+    local stack are read from ``$LOCAL_DIR/secrets.env`` (weakest of the three).
+    """
+    if "_env_file" not in overrides:
+        local = os.environ.get("LOCAL_DIR") or ".local"
+        overrides = {"_env_file": (str(Path(local) / "secrets.env"), ".env"), **overrides}
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except pydantic.ValidationError as exc:

@@ -20,7 +20,6 @@ from app.db.connector import Database, Row, Tx
 from app.domain import (
     MAX_PAGE,
     MAX_TOP_K,
-    MAX_USER_ID,
     Entity,
     EventType,
     Memory,
@@ -33,6 +32,7 @@ from app.embeddings import Embedder, to_pgvector
 from app.errors import IdempotencyConflict, NotFound, ValidationError, VersionConflict
 from app.outbox import Outbox
 from app.settings import Settings
+from app.validation import check_int64, check_metadata, check_text, check_user_id
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +46,6 @@ class NewMemory:
     importance: int = 5
 
 
-def _check_user(user_id: object) -> str:
-    if not isinstance(user_id, str) or not user_id.strip():
-        raise ValidationError("user_id must be a non-empty string", "user_id")
-    if len(user_id) > MAX_USER_ID:
-        raise ValidationError(f"user_id is longer than {MAX_USER_ID} characters", "user_id")
-    return user_id
-
-
 def _check_id(memory_id: object) -> uuid.UUID:
     if isinstance(memory_id, uuid.UUID):
         return memory_id
@@ -63,20 +55,10 @@ def _check_id(memory_id: object) -> uuid.UUID:
         raise ValidationError("id must be a UUID", "id") from None
 
 
-def _check_importance(importance: object) -> int:
+def _check_importance(importance: object, field: str = "importance") -> int:
     if isinstance(importance, bool) or not isinstance(importance, int) or not 1 <= importance <= 10:
-        raise ValidationError("importance must be an integer from 1 to 10", "importance")
+        raise ValidationError(f"{field} must be an integer from 1 to 10", field)
     return importance
-
-
-def _check_metadata(metadata: object, field: str = "metadata") -> dict[str, Any]:
-    if not isinstance(metadata, dict):
-        raise ValidationError(f"{field} must be a JSON object", field)
-    try:
-        json.dumps(metadata)
-    except (TypeError, ValueError):
-        raise ValidationError(f"{field} must be JSON-serialisable", field) from None
-    return metadata
 
 
 def encode_cursor(created_at: datetime, memory_id: uuid.UUID) -> str:
@@ -86,23 +68,55 @@ def encode_cursor(created_at: datetime, memory_id: uuid.UUID) -> str:
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
+        if len(cursor) > 200:
+            raise ValueError
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         created, _, mid = raw.partition("|")
-        return datetime.fromisoformat(created), uuid.UUID(mid)
+        when = datetime.fromisoformat(created)
+        if when.tzinfo is None:
+            raise ValueError
+        return when, uuid.UUID(mid)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise ValidationError("cursor is not one this API returned", "cursor") from None
 
 
-def to_memory(m: Row) -> Memory:
-    extracted = m["entities"]
-    entities = None
-    if extracted is not None:
-        entities = [Entity(name=e["name"], type=e["type"]) for e in extracted.get("entities", [])]
+_INVALID_METADATA = {"_invalid": "the stored metadata exceeds this API's limits; replace it "
+                                 "with PATCH"}
+
+
+def to_memory(m: Row, settings: Settings) -> Memory:
+    """A row as the API returns it, within the API's bounds however the row was written.
+
+    Rows written around the API (straight into Postgres) may hold metadata past the limits
+    or content past MAX_CONTENT_CHARS: such metadata reads as a marker object and such content
+    is cut, with ``truncated`` set, so one odd row cannot break a page of them.
+    """
+    metadata = m["metadata"]
+    try:
+        check_metadata(metadata, settings.metadata_limits)
+    except ValidationError:
+        metadata = _INVALID_METADATA
+    content = m["content"]
+    truncated = len(content) > settings.max_content_chars
+    if truncated:
+        content = content[:settings.max_content_chars]
     return Memory(
-        id=m["id"], user_id=m["user_id"], content=m["content"], metadata=m["metadata"],
+        id=m["id"], user_id=m["user_id"], content=content, metadata=metadata,
         importance=m["importance"], version=m["version"], created_at=m["created_at"],
-        updated_at=m["updated_at"], entities=entities,
+        updated_at=m["updated_at"], entities=_entities(m["entities"]), truncated=truncated,
     )
+
+
+def _entities(extracted: object) -> list[Entity] | None:
+    """The cached extraction's entities; a malformed cache reads as none found yet."""
+    if not isinstance(extracted, dict):
+        return None
+    out = []
+    for e in extracted.get("entities", ()):
+        if isinstance(e, dict) and isinstance(e.get("name"), str) \
+                and isinstance(e.get("type"), str):
+            out.append(Entity(name=e["name"], type=e["type"]))
+    return out
 
 
 class MemoryService:
@@ -120,13 +134,14 @@ class MemoryService:
 
     # -- validation -----------------------------------------------------------------------
 
-    def _check_content(self, content: object) -> str:
-        if not isinstance(content, str) or not content.strip():
-            raise ValidationError("content must be a non-empty string", "content")
-        if len(content) > self.settings.max_content_chars:
-            raise ValidationError(
-                f"content is longer than {self.settings.max_content_chars} characters", "content")
-        return content
+    def _check_content(self, content: object, field: str = "content") -> str:
+        return check_text(content, field, max_chars=self.settings.max_content_chars)
+
+    def _check_metadata(self, metadata: object, field: str = "metadata") -> dict[str, Any]:
+        return check_metadata(metadata, self.settings.metadata_limits, field)
+
+    def _memory(self, row: Row) -> Memory:
+        return to_memory(row, self.settings)
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -143,29 +158,36 @@ class MemoryService:
             "content_hash": content_hash(item.content),
         })
         assert row is not None
-        memory = to_memory(row)
+        memory = self._memory(row)
         self._emit(tx, memory.id, user_id, memory.version, "upsert")
         return memory
 
     def _validated(self, item: NewMemory) -> NewMemory:
         return NewMemory(self._check_content(item.content),
-                         _check_metadata(item.metadata if item.metadata is not None else {}),
+                         self._check_metadata(item.metadata if item.metadata is not None
+                                              else {}),
                          _check_importance(item.importance))
 
     def store(self, user_id: str, content: str, metadata: dict[str, Any] | None = None,
-              importance: int = 5, idempotency_key: str | None = None) -> tuple[Memory, bool]:
-        """Store a memory; returns it and whether it was created (False: an idempotent replay)."""
-        user_id = _check_user(user_id)
+              importance: int = 5, idempotency_key: str | None = None, *,
+              idempotency_scope: str = "") -> tuple[Memory, bool]:
+        """Store a memory; returns it and whether it was created (False: an idempotent replay).
+
+        An Idempotency-Key is remembered per ``idempotency_scope`` (the API key that sent it)
+        and user for IDEMPOTENCY_RETENTION_HOURS; a retry within that time returns the first
+        result. Once the memory it created is deleted, a retry answers NotFound.
+        """
+        user_id = check_user_id(user_id)
         item = self._validated(NewMemory(content, metadata, importance))
+        if idempotency_key is not None:
+            check_text(idempotency_key, "Idempotency-Key", max_chars=255)
         vector = self.embedder.embed([item.content])[0]  # before the transaction opens
         with self.db.transaction() as tx:
             if idempotency_key is not None:
-                if not idempotency_key or len(idempotency_key) > 255:
-                    raise ValidationError("Idempotency-Key must be 1 to 255 characters",
-                                          "Idempotency-Key")
                 fingerprint = request_hash({"content": item.content, "metadata": item.metadata,
                                             "importance": item.importance})
-                params = {"user_id": user_id, "key": idempotency_key}
+                params = {"scope": idempotency_scope, "user_id": user_id,
+                          "key": idempotency_key}
                 tx.execute("idempotency_lock", params)
                 seen = tx.one("idempotency_get", params)
                 if seen is not None:
@@ -175,7 +197,7 @@ class MemoryService:
                     row = tx.one("get_memory", {"id": seen["memory_id"], "user_id": user_id})
                     if row is None:
                         raise NotFound("the memory this Idempotency-Key created was deleted")
-                    return to_memory(row), False
+                    return self._memory(row), False
             memory = self._insert(tx, user_id, item, vector)
             if idempotency_key is not None:
                 tx.execute("idempotency_put", {**params, "request_hash": fingerprint,
@@ -186,7 +208,7 @@ class MemoryService:
 
     def store_many(self, user_id: str, items: Sequence[NewMemory]) -> list[Memory]:
         """Store several memories in one transaction: all or none."""
-        user_id = _check_user(user_id)
+        user_id = check_user_id(user_id)
         if not items:
             return []
         checked = [self._validated(i) for i in items]
@@ -207,7 +229,7 @@ class MemoryService:
                metadata: dict[str, Any] | None = None, importance: int | None = None,
                expected_version: int | None = None) -> Memory:
         """Change content, metadata or importance; bumps the version and queues re-projection."""
-        user_id = _check_user(user_id)
+        user_id = check_user_id(user_id)
         mid = _check_id(memory_id)
         if content is None and metadata is None and importance is None:
             raise ValidationError("nothing to update: give content, metadata or importance")
@@ -216,9 +238,11 @@ class MemoryService:
             content = self._check_content(content)
             vector = to_pgvector(self.embedder.embed([content])[0])
         if metadata is not None:
-            _check_metadata(metadata)
+            self._check_metadata(metadata)
         if importance is not None:
             _check_importance(importance)
+        if expected_version is not None:
+            check_int64(expected_version, "expected_version")
         with self.db.transaction() as tx:
             row = tx.one("update_memory", {
                 "id": mid, "user_id": user_id, "content": content, "embedding": vector,
@@ -228,7 +252,7 @@ class MemoryService:
             })
             if row is None:
                 raise self._missing_or_conflict(tx, user_id, mid, expected_version)
-            memory = to_memory(row)
+            memory = self._memory(row)
             self._emit(tx, mid, user_id, memory.version, "upsert")
         log.info("memory updated", extra={"action": "memory.update", "memory_id": str(mid),
                                           "user_id": user_id, "version": memory.version})
@@ -241,8 +265,10 @@ class MemoryService:
         The graph side always removes the memory's MENTIONS and relationships and every entity
         nothing mentions any more (DESIGN: no orphans).
         """
-        user_id = _check_user(user_id)
+        user_id = check_user_id(user_id)
         mid = _check_id(memory_id)
+        if expected_version is not None:
+            check_int64(expected_version, "expected_version")
         with self.db.transaction() as tx:
             row = tx.one("delete_memory", {"id": mid, "user_id": user_id,
                                            "expected_version": expected_version})
@@ -254,30 +280,41 @@ class MemoryService:
                                           "user_id": user_id, "version": version})
         return version
 
+    def prune_idempotency_keys(self, limit: int = 5000) -> int:
+        """Forget Idempotency-Keys older than IDEMPOTENCY_RETENTION_HOURS, in bounded batches."""
+        total = 0
+        while True:
+            n = self.db.execute("prune_idempotency_keys", {
+                "age_seconds": self.settings.idempotency_retention_hours * 3600, "limit": limit})
+            total += n
+            if n < limit:
+                return total
+
     # -- reads ----------------------------------------------------------------------------
 
     def get(self, user_id: str, memory_id: uuid.UUID | str) -> Memory:
         """One live memory; another user's memory is NotFound, like a missing one."""
-        user_id = _check_user(user_id)
+        user_id = check_user_id(user_id)
         row = self.db.one("get_memory", {"id": _check_id(memory_id), "user_id": user_id})
         if row is None:
             raise NotFound("memory not found")
-        return to_memory(row)
+        return self._memory(row)
 
     def list(self, user_id: str, *, limit: int = 50, cursor: str | None = None,
              metadata: dict[str, Any] | None = None, min_importance: int = 1) -> Page:
         """A page of live memories, newest first; pass ``next_cursor`` back for the next page."""
-        user_id = _check_user(user_id)
-        if not 1 <= limit <= MAX_PAGE:
+        user_id = check_user_id(user_id)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
             raise ValidationError(f"limit must be from 1 to {MAX_PAGE}", "limit")
-        _check_importance(min_importance)
+        _check_importance(min_importance, "min_importance")
         after = decode_cursor(cursor) if cursor else (None, None)
         rows = self.db.all("list_memories", {
-            "user_id": user_id, "metadata": json.dumps(_check_metadata(metadata or {})),
+            "user_id": user_id,
+            "metadata": json.dumps(self._check_metadata(metadata or {}, "metadata")),
             "min_importance": min_importance, "after_created": after[0], "after_id": after[1],
             "limit": limit + 1,
         })
-        items = [to_memory(r) for r in rows[:limit]]
+        items = [self._memory(r) for r in rows[:limit]]
         next_cursor = None
         if len(rows) > limit:
             last = items[-1]
@@ -288,14 +325,12 @@ class MemoryService:
                metadata: dict[str, Any] | None = None, min_importance: int = 1,
                ) -> SearchResults:
         """Semantic search over one user's live memories, best first, with cosine scores."""
-        user_id = _check_user(user_id)
-        if not isinstance(query, str) or not query.strip():
-            raise ValidationError("query must be a non-empty string", "query")
-        if len(query) > self.settings.max_content_chars:
-            raise ValidationError("query is too long", "query")
+        user_id = check_user_id(user_id)
+        query = self._check_content(query, "query")
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
             raise ValidationError(f"top_k must be from 1 to {MAX_TOP_K}", "top_k")
-        _check_importance(min_importance)
+        _check_importance(min_importance, "min_importance")
+        filters = self._check_metadata(metadata or {}, "metadata")
         vector = to_pgvector(self.embedder.embed([query])[0])
         with self.db.transaction() as tx:
             # ef_search 100 keeps recall@10 of near-duplicate queries above 0.95 at 100k
@@ -303,8 +338,7 @@ class MemoryService:
             tx.one("search_settings", {"ef_search": min(1000, max(100, top_k * 4))})
             rows = tx.all("search_memories", {
                 "user_id": user_id, "embedding": vector, "limit": top_k,
-                "metadata": json.dumps(_check_metadata(metadata or {})),
-                "min_importance": min_importance,
+                "metadata": json.dumps(filters), "min_importance": min_importance,
             })
-        return [ScoredMemory(**to_memory(r).model_dump(), score=float(r["score"]))
+        return [ScoredMemory(**self._memory(r).model_dump(), score=float(r["score"]))
                 for r in rows]

@@ -8,16 +8,18 @@ or a piece of content sent by mistake cannot come back in a body (or a log line 
 from __future__ import annotations
 
 import logging
+import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.errors import MemoryPersistenceError, VersionConflict
+from app.errors import MemoryPersistenceError, RateLimited, VersionConflict
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +51,13 @@ def _responses(*pairs: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
 
 # OpenAPI documentation of the error answers, for the routes to pick from.
 AUTH_ERRORS = _responses((401, "Missing or unknown API key"),
+                         (413, "The body is larger than MAX_BODY_BYTES"),
                          (422, "Invalid input; `field` names it"),
+                         (429, "The key is over its rate; wait `Retry-After` seconds"),
                          (503, "Postgres (or the embedding backend) is unavailable; retry"))
 NOT_FOUND = _responses((404, "No such memory for this user"))
 CONFLICT = _responses((409, "Stale version; the body carries `current_version`"))
-FORBIDDEN = _responses((403, "The key's scope does not allow this route"))
+FORBIDDEN = _responses((403, "The key's scope (or namespace) does not allow this request"))
 
 
 def _field_of(loc: Sequence[int | str]) -> str | None:
@@ -95,6 +99,8 @@ async def _memory_error(request: Request, exc: Exception) -> JSONResponse:
     headers: dict[str, str] = {}
     if exc.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, RateLimited):
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
     if exc.status == 503:
         headers["Retry-After"] = "1"
         log.warning("backend unavailable: %s", exc, extra={"action": "api.unavailable",
@@ -116,12 +122,46 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "
                415: "unsupported_media_type"}
 
 
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
-    """Starlette's own errors (unknown route, wrong method) in the common shape."""
+def _allowed(request: Request) -> list[str]:
+    """Every method the API documents for this path (Starlette's Allow names one route's).
+
+    Built from the OpenAPI paths once per app, so it agrees with the documented contract.
+    """
+    index: list[tuple[re.Pattern[str], set[str]]] | None = getattr(request.app.state,
+                                                                    "allowed_methods", None)
+    if index is None:
+        index = []
+        for template, operations in request.app.openapi().get("paths", {}).items():
+            regex = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
+            index.append((re.compile(f"^{regex}$"), {m.upper() for m in operations}))
+        request.app.state.allowed_methods = index
+    methods: set[str] = set()
+    for path, verbs in index:
+        if path.match(request.url.path):
+            methods |= verbs
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods | {"OPTIONS"}) if methods else []
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (unknown route, wrong method, a body it could not read) in the
+    common shape; OPTIONS answers with the methods the path allows."""
     assert isinstance(exc, StarletteHTTPException)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        allowed = _allowed(request)
+        headers["Allow"] = ", ".join(allowed)
+        if request.method == "OPTIONS" and allowed:
+            return Response(status_code=204, headers=headers)
+    if exc.status_code == 400:
+        # FastAPI's answer to a body it could not decode (not UTF-8, nested past the parser's
+        # recursion): an input the caller must fix, documented as 422 like every other.
+        return error_response(422, "validation_error", "body: could not be decoded as JSON",
+                              "body")
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-    return error_response(exc.status_code, code, message, headers=exc.headers)
+    return error_response(exc.status_code, code, message, headers=headers or None)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

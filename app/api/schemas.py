@@ -8,6 +8,7 @@ settings (content length) are checked by MemoryService, the one place every call
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -15,6 +16,7 @@ from pydantic import (
     AfterValidator,
     AliasChoices,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -23,27 +25,59 @@ from pydantic import (
 )
 
 from app.consistency import Operation
-from app.domain import MAX_PAGE, MAX_TOP_K, MAX_USER_ID, ScoredMemory
+from app.domain import MAX_PAGE, MAX_TOP_K, ScoredMemory
+from app.errors import ValidationError
+from app.validation import (
+    MAX_BIGINT,
+    MAX_USER_ID,
+    USER_ID_PATTERN,
+    check_text,
+    check_user_id,
+)
 
 
-def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be empty or whitespace")
+def _rule(check: Callable[[str], object]) -> Callable[[str], str]:
+    """A pydantic validator from one of app.validation's checks (the one input contract)."""
+    def validate(value: str) -> str:
+        try:
+            check(value)
+        except ValidationError as exc:
+            # pydantic names the field; keep the rule without the validator's field name.
+            raise ValueError(str(exc).split(" ", 1)[1] if " " in str(exc) else str(exc)) \
+                from None
+        return value
+    return validate
+
+
+def _iso_datetime(value: object) -> object:
+    """Only ISO 8601 text is a timestamp here: pydantic would take 0.5 as seconds since 1970."""
+    if not isinstance(value, str | datetime) or (
+            isinstance(value, str) and not any(c in value for c in "-:T")):
+        raise ValueError("must be an ISO 8601 timestamp, like 2025-01-31T12:00:00Z")
     return value
 
 
 UserId = Annotated[
-    StrictStr, Field(min_length=1, max_length=MAX_USER_ID, description="The memory's owner."),
-    AfterValidator(_not_blank),
+    StrictStr,
+    Field(min_length=1, max_length=MAX_USER_ID, description=(
+        "The memory's owner: printable text, not only white space, no control characters."),
+        json_schema_extra={"pattern": USER_ID_PATTERN}),
+    AfterValidator(_rule(check_user_id)),
 ]
 Content = Annotated[
     StrictStr,
     Field(min_length=1, description="The text to remember (at most MAX_CONTENT_CHARS)."),
-    AfterValidator(_not_blank),
+    AfterValidator(_rule(lambda v: check_text(v, "text"))),
 ]
+Text = Annotated[StrictStr, AfterValidator(_rule(lambda v: check_text(v, "text",
+                                                                      allow_blank=True)))]
 Importance = Annotated[StrictInt, Field(ge=1, le=10, description="1 (trivial) to 10 (vital).")]
-Metadata = Annotated[dict[str, Any], Field(description="A JSON object.")]
-Version = Annotated[StrictInt, Field(ge=1, description="A memory version.")]
+Metadata = Annotated[dict[str, Any], Field(description=(
+    "A JSON object, within MAX_METADATA_BYTES (serialized), MAX_METADATA_DEPTH levels and "
+    "MAX_METADATA_KEYS keys."))]
+Version = Annotated[StrictInt, Field(ge=1, le=MAX_BIGINT, description="A memory version.")]
+BigId = Annotated[StrictInt, Field(ge=1, le=MAX_BIGINT)]
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_datetime)]
 
 
 class StrictBody(BaseModel):
@@ -75,7 +109,10 @@ class LegacyStoreRequest(StrictBody):
 
 
 class UpdateRequest(StrictBody):
-    """A change to a memory; fields left out keep their value."""
+    """A change to a memory; fields left out keep their value (at least one must change)."""
+
+    model_config = ConfigDict(json_schema_extra={"anyOf": [
+        {"required": ["content"]}, {"required": ["metadata"]}, {"required": ["importance"]}]})
 
     user_id: UserId
     content: Content | None = None
@@ -234,17 +271,17 @@ class ReplayFilter(StrictBody):
     """Which dead letters (status `dead`) to replay; at least one criterion."""
 
     user_id: UserId | None = None
-    error: Annotated[StrictStr | None, Field(min_length=1, max_length=500, description=(
+    error: Annotated[Text | None, Field(min_length=1, max_length=500, description=(
         "A substring of the last error (case-insensitive)."))] = None
-    event_type: Annotated[StrictStr | None, Field(min_length=1, max_length=50)] = None
-    since: datetime | None = Field(default=None, description="Dead since (inclusive).")
-    until: datetime | None = Field(default=None, description="Dead before (exclusive).")
+    event_type: Annotated[Text | None, Field(min_length=1, max_length=50)] = None
+    since: IsoDateTime | None = Field(default=None, description="Dead since (inclusive).")
+    until: IsoDateTime | None = Field(default=None, description="Dead before (exclusive).")
 
 
 class ReplayRequest(StrictBody):
     """Exactly one of `ids`, `filter` or `all: true`."""
 
-    ids: Annotated[list[StrictInt] | None, Field(min_length=1, max_length=MAX_PAGE * 20)] = None
+    ids: Annotated[list[BigId] | None, Field(min_length=1, max_length=MAX_PAGE * 20)] = None
     filter: ReplayFilter | None = None
     everything: StrictBool = Field(default=False, alias="all",
                                    description="Replay every open dead letter.")
@@ -262,8 +299,8 @@ class ReplayResult(BaseModel):
 
 
 class DiscardRequest(StrictBody):
-    reason: Annotated[StrictStr, Field(min_length=1, max_length=2000, description=(
-        "Why the event is given up; kept on the dead letter.")), AfterValidator(_not_blank)]
+    reason: Annotated[Content, Field(max_length=2000, description=(
+        "Why the event is given up; kept on the dead letter."))]
 
 
 class DiscardResult(BaseModel):
@@ -285,7 +322,7 @@ class SyncBody(StrictBody):
     user_id: UserId | None = Field(
         default=None, validation_alias=AliasChoices("userId", "user_id"),
         description="Only this user's memories (`userId` or `user_id`).")
-    limit: Annotated[StrictInt | None, Field(ge=1, description=(
+    limit: Annotated[StrictInt | None, Field(ge=1, le=MAX_BIGINT, description=(
         "check/full: at most this many memories; repair: at most this many findings."))] = None
     dry_run: StrictBool | None = Field(
         default=None, validation_alias=AliasChoices("dryRun", "dry_run"),
@@ -344,3 +381,38 @@ class SyncResult(BaseModel):
         f"check/full: what the check found (the first {MAX_FINDINGS})."))
 
 
+
+
+# -- API keys ------------------------------------------------------------------------------
+
+
+class ApiKey(BaseModel):
+    """A key as the database has it: never its secret."""
+
+    id: int
+    name: str
+    prefix: str = Field(description="The first characters of the secret, to recognise it.")
+    scope: Literal["service", "admin"]
+    namespace: str | None = Field(description=(
+        "A tenant-bound service key acts only on user ids `<namespace>:…`."))
+    created_at: datetime
+    created_by: str
+    revoked_at: datetime | None = None
+    revoked_by: str | None = None
+
+
+class ApiKeyRequest(StrictBody):
+    name: Annotated[Content, Field(max_length=200, description="What the key is for.")]
+    scope: Literal["service", "admin"] = "service"
+    namespace: Annotated[StrictStr | None, Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description=(
+            "Bind a service key to user ids `<namespace>:…` (e.g. `acme` for `acme:alice`)."))
+    ] = None
+
+
+class ApiKeyCreated(ApiKey):
+    secret: str = Field(description="The key itself: shown once, never stored or shown again.")
+
+
+class ApiKeyList(BaseModel):
+    items: list[ApiKey]

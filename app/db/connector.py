@@ -23,6 +23,7 @@ from sqlalchemy import Connection, Engine, TextClause, create_engine, text
 from app import statements
 from app.errors import ConfigError, StoreError, StoreMisconfigured, StoreUnavailable
 from app.settings import Settings
+from app.validation import safe_json_loads
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,8 @@ class Database:
                 pool_pre_ping=True,
                 pool_recycle=1800,
                 connect_args={"connect_timeout": 5, "application_name": "memctl"},
+                # jsonb written around the API may nest past what json.loads can recurse.
+                json_deserializer=safe_json_loads,
             )
         except (sqlalchemy.exc.ArgumentError, ValueError) as exc:
             raise ConfigError(f"DATABASE_URL: {exc}") from None

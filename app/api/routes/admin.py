@@ -14,23 +14,30 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
 
-from app.api.deps import AdminPrincipal, AdminServiceDep, OutboxDep, require_admin
+from app.api.deps import AdminPrincipal, AdminServiceDep, OutboxDep, ServicesDep, require_admin
 from app.api.errors import AUTH_ERRORS, FORBIDDEN, ErrorBody
 from app.api.schemas import (
+    ApiKey,
+    ApiKeyCreated,
+    ApiKeyList,
+    ApiKeyRequest,
     DeadLetter,
     DeadLetterDetail,
     DeadLetterPage,
     DiscardRequest,
     DiscardResult,
+    IsoDateTime,
     OutboxStats,
     ReplayRequest,
     ReplayResult,
     Stats,
+    Text,
     UserId,
     Whoami,
 )
 from app.domain import MAX_PAGE
 from app.outbox import DeadLetterFilter, ReplaySelection
+from app.validation import MAX_BIGINT
 
 router = APIRouter(prefix="/api/admin", tags=["admin"], dependencies=[Depends(require_admin)],
                    responses={**AUTH_ERRORS, **FORBIDDEN})
@@ -39,7 +46,7 @@ DEAD_LETTER_NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "No such dead letter"}}
 ALREADY_RESOLVED: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorBody, "description": "The dead letter was already replayed or discarded"}}
-DeadLetterId = Annotated[int, Path(ge=1, description="The dead letter's id.")]
+DeadLetterId = Annotated[int, Path(ge=1, le=MAX_BIGINT, description="The dead letter's id.")]
 
 
 def utc(value: datetime | None) -> datetime | None:
@@ -74,17 +81,17 @@ def outbox_stats(outbox: OutboxDep) -> dict[str, Any]:
 def list_dead_letters(
     outbox: OutboxDep,
     user_id: Annotated[UserId | None, Query(description="Only this user's.")] = None,
-    error: Annotated[str | None, Query(min_length=1, max_length=500, description=(
+    error: Annotated[Text | None, Query(min_length=1, max_length=500, description=(
         "A substring of the last error (case-insensitive)."))] = None,
-    event_type: Annotated[str | None, Query(min_length=1, max_length=50, description=(
+    event_type: Annotated[Text | None, Query(min_length=1, max_length=50, description=(
         "`upsert`, `delete` or `resync`."))] = None,
-    since: Annotated[datetime | None, Query(description=(
+    since: Annotated[IsoDateTime | None, Query(description=(
         "Created at or after (ISO 8601; UTC when no zone is given)."))] = None,
-    until: Annotated[datetime | None, Query(description="Created before.")] = None,
+    until: Annotated[IsoDateTime | None, Query(description="Created before.")] = None,
     status: Annotated[Literal["dead", "replayed", "discarded", "any"], Query(description=(
         "`dead` (open, the default), `replayed`, `discarded` or `any`."))] = "dead",
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = 50,
-    before_id: Annotated[int | None, Query(ge=1, description=(
+    before_id: Annotated[int | None, Query(ge=1, le=MAX_BIGINT, description=(
         "`next_before_id` of the previous page."))] = None,
 ) -> DeadLetterPage:
     """A page of dead letters, newest first (keyset pagination on id)."""
@@ -141,3 +148,28 @@ def discard_dead_letter(dead_letter_id: DeadLetterId, body: DiscardRequest,
     """Close it without replaying; the reason (required) and the acting admin are kept."""
     outbox.discard(dead_letter_id, body.reason, principal.actor)
     return DiscardResult(id=dead_letter_id, resolved_by=principal.actor, reason=body.reason)
+
+
+@router.get("/keys", response_model=ApiKeyList, summary="List API keys")
+def list_keys(services: ServicesDep, include_revoked: Annotated[bool, Query(
+        description="Also the revoked ones.")] = False) -> ApiKeyList:
+    """The keys kept in Postgres, newest first, without their secrets."""
+    return ApiKeyList(items=[ApiKey.model_validate(k) for k in
+                             services.keys.list(include_revoked=include_revoked)])
+
+
+@router.post("/keys", status_code=201, response_model=ApiKeyCreated, summary="Create an API key")
+def create_key(body: ApiKeyRequest, principal: AdminPrincipal,
+               services: ServicesDep) -> ApiKeyCreated:
+    """A new key; the answer carries its secret, which is never shown again."""
+    new = services.keys.create(body.name, body.scope, body.namespace, actor=principal.actor)
+    return ApiKeyCreated(**new.record, secret=new.secret)
+
+
+@router.delete("/keys/{key_id}", response_model=ApiKey, summary="Revoke an API key",
+               responses={404: {"model": ErrorBody, "description": "No such key"}})
+def revoke_key(key_id: Annotated[int, Path(ge=1, le=MAX_BIGINT)], principal: AdminPrincipal,
+               services: ServicesDep) -> ApiKey:
+    """Every web process refuses the key within API_KEY_CACHE_SECONDS; revoking twice is
+    harmless."""
+    return ApiKey.model_validate(services.keys.revoke(key_id, actor=principal.actor))

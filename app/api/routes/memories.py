@@ -7,14 +7,14 @@ the service is synchronous: FastAPI runs them in its thread pool.
 
 from __future__ import annotations
 
-import json
+import re
 import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Response
 
-from app.api.deps import MemoryServiceDep, require_service
-from app.api.errors import AUTH_ERRORS, CONFLICT, NOT_FOUND
+from app.api.deps import MemoryServiceDep, ServicePrincipal, require_service
+from app.api.errors import AUTH_ERRORS, CONFLICT, FORBIDDEN, NOT_FOUND, ErrorBody
 from app.api.schemas import (
     Deleted,
     LegacyStoreRequest,
@@ -26,9 +26,11 @@ from app.api.schemas import (
 )
 from app.domain import MAX_PAGE, Memory, Page
 from app.errors import ValidationError
+from app.keys import Principal
+from app.validation import MAX_BIGINT, parse_json_object
 
 router = APIRouter(prefix="/api", tags=["memories"], dependencies=[Depends(require_service)],
-                   responses=AUTH_ERRORS)
+                   responses={**AUTH_ERRORS, **FORBIDDEN})
 
 UserQuery = Annotated[UserId, Query(description="The memory's owner.")]
 IdempotencyKey = Annotated[str | None, Header(
@@ -46,6 +48,9 @@ _REPLAY: dict[int | str, dict[str, Any]] = {
     200: {"model": Memory, "description": "An idempotent replay: the first result.",
           "headers": {"Idempotent-Replayed": {"description": "`true`",
                                               "schema": {"type": "string"}}, **_ETAG}},
+    404: {"model": ErrorBody, "description": (
+        "A retry with an Idempotency-Key whose memory was deleted since (keys are kept for "
+        "IDEMPOTENCY_RETENTION_HOURS).")},
 }
 
 
@@ -53,16 +58,19 @@ def _etag(response: Response, version: int) -> None:
     response.headers["ETag"] = f'"{version}"'
 
 
+# A strong ETag we sent ("3"), or the bare version; ASCII digits only (str.isdigit takes "²").
+_ETAG_VALUE = re.compile(r'"([0-9]{1,19})"|([0-9]{1,19})')
+
+
 def _if_match(header: str | None) -> int | None:
     """The version an ``If-Match`` header asks for; ``*`` (any) and no header mean no check."""
     if header is None or header.strip() == "*":
         return None
-    value = header.strip()
-    if len(value) >= 2 and value[0] == value[-1] == '"':
-        value = value[1:-1]
-    if not value.isdigit() or int(value) < 1:
+    match = _ETAG_VALUE.fullmatch(header.strip())
+    version = int(match.group(1) or match.group(2)) if match is not None else 0
+    if not 1 <= version <= MAX_BIGINT:
         raise ValidationError('If-Match must be an ETag this API returned, like "3"', "If-Match")
-    return int(value)
+    return version
 
 
 def _expected_version(if_match: str | None, expected_version: int | None) -> int | None:
@@ -73,22 +81,12 @@ def _expected_version(if_match: str | None, expected_version: int | None) -> int
     return from_header if from_header is not None else expected_version
 
 
-def _metadata_filter(raw: str | None) -> dict[str, Any] | None:
-    if raw is None:
-        return None
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        raise ValidationError("metadata must be a JSON object", "metadata") from None
-    if not isinstance(value, dict):
-        raise ValidationError("metadata must be a JSON object", "metadata")
-    return value
-
-
-def _store(memories: MemoryServiceDep, response: Response, user_id: str, content: str,
-           metadata: dict[str, Any] | None, importance: int, key: str | None) -> Memory:
+def _store(memories: MemoryServiceDep, principal: Principal, response: Response,
+           user_id: str, content: str, metadata: dict[str, Any] | None, importance: int,
+           key: str | None) -> Memory:
+    principal.authorize(user_id)
     memory, created = memories.store(user_id, content, metadata, importance,
-                                     idempotency_key=key)
+                                     idempotency_key=key, idempotency_scope=principal.key_id)
     if not created:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
@@ -99,9 +97,9 @@ def _store(memories: MemoryServiceDep, response: Response, user_id: str, content
 @router.post("/memories", status_code=201, response_model=Memory, summary="Store a memory",
              responses={201: {"description": "Stored.", "headers": _ETAG}, **_REPLAY})
 def store_memory(body: StoreRequest, response: Response, memories: MemoryServiceDep,
-                 idempotency_key: IdempotencyKey = None) -> Memory:
+                 principal: ServicePrincipal, idempotency_key: IdempotencyKey = None) -> Memory:
     """Store a memory and queue its projection to the graph, in one transaction."""
-    return _store(memories, response, body.user_id, body.content, body.metadata,
+    return _store(memories, principal, response, body.user_id, body.content, body.metadata,
                   body.importance, idempotency_key)
 
 
@@ -109,18 +107,19 @@ def store_memory(body: StoreRequest, response: Response, memories: MemoryService
              summary="Store a memory (the old system's request shape)", deprecated=True,
              responses={201: {"description": "Stored.", "headers": _ETAG}, **_REPLAY})
 def store_memory_legacy(body: LegacyStoreRequest, response: Response,
-                        memories: MemoryServiceDep,
+                        memories: MemoryServiceDep, principal: ServicePrincipal,
                         idempotency_key: IdempotencyKey = None) -> Memory:
     """``{"userId", "content", "importance", "metadata"?}``; behaves as POST /api/memories."""
-    return _store(memories, response, body.user_id, body.content, body.metadata,
+    return _store(memories, principal, response, body.user_id, body.content, body.metadata,
                   body.importance, idempotency_key)
 
 
 @router.get("/memories/{memory_id}", response_model=Memory, summary="Read a memory",
             responses={200: {"description": "The memory.", "headers": _ETAG}, **NOT_FOUND})
 def get_memory(memory_id: uuid.UUID, user_id: UserQuery, response: Response,
-               memories: MemoryServiceDep) -> Memory:
+               memories: MemoryServiceDep, principal: ServicePrincipal) -> Memory:
     """One live memory of this user."""
+    principal.authorize(user_id)
     memory = memories.get(user_id, memory_id)
     _etag(response, memory.version)
     return memory
@@ -130,24 +129,32 @@ def get_memory(memory_id: uuid.UUID, user_id: UserQuery, response: Response,
 def list_memories(
     user_id: UserQuery,
     memories: MemoryServiceDep,
+    principal: ServicePrincipal,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = 50,
     cursor: Annotated[str | None, Query(
-        description="`next_cursor` of the previous page.")] = None,
+        max_length=200, description="`next_cursor` of the previous page.")] = None,
     min_importance: Annotated[int, Query(ge=1, le=10)] = 1,
-    metadata: Annotated[str | None, Query(
-        description='A JSON object the metadata must contain, e.g. `{"project":"x"}`.')] = None,
+    metadata: Annotated[str | None, Query(description=(
+        'A JSON object the metadata must contain, e.g. `{"project":"x"}` (within the '
+        'metadata limits).'))] = None,
 ) -> Page:
     """A page of this user's live memories, newest first (keyset pagination)."""
+    principal.authorize(user_id)
+    filters = None
+    if metadata is not None:
+        filters = parse_json_object(metadata, memories.settings.metadata_limits, "metadata")
     return memories.list(user_id, limit=limit, cursor=cursor, min_importance=min_importance,
-                         metadata=_metadata_filter(metadata))
+                         metadata=filters)
 
 
 @router.patch("/memories/{memory_id}", response_model=Memory, summary="Change a memory",
               responses={200: {"description": "The changed memory.", "headers": _ETAG},
                          **NOT_FOUND, **CONFLICT})
 def update_memory(memory_id: uuid.UUID, body: UpdateRequest, response: Response,
-                  memories: MemoryServiceDep, if_match: IfMatch = None) -> Memory:
+                  memories: MemoryServiceDep, principal: ServicePrincipal,
+                  if_match: IfMatch = None) -> Memory:
     """Change content, metadata or importance; bumps the version and queues re-projection."""
+    principal.authorize(body.user_id)
     memory = memories.update(
         body.user_id, memory_id, content=body.content, metadata=body.metadata,
         importance=body.importance,
@@ -162,22 +169,26 @@ def delete_memory(
     memory_id: uuid.UUID,
     user_id: UserQuery,
     memories: MemoryServiceDep,
+    principal: ServicePrincipal,
     if_match: IfMatch = None,
-    expected_version: Annotated[int | None, Query(ge=1, description=(
+    expected_version: Annotated[int | None, Query(ge=1, le=MAX_BIGINT, description=(
         "Refuse with 409 unless this is the current version."))] = None,
     cascade: Annotated[bool, Query(description=(
         "Accepted for compatibility with the old API and ignored: the graph side always "
         "removes entities nothing mentions any more."))] = True,
 ) -> Deleted:
     """Delete a memory; the graph drops it (and entities left unmentioned) asynchronously."""
+    principal.authorize(user_id)
     version = memories.delete(user_id, memory_id,
                               expected_version=_expected_version(if_match, expected_version))
     return Deleted(id=memory_id, version=version)
 
 
 @router.post("/memories/search", response_model=SearchResult, summary="Search memories")
-def search_memories(body: SearchRequest, memories: MemoryServiceDep) -> SearchResult:
+def search_memories(body: SearchRequest, memories: MemoryServiceDep,
+                    principal: ServicePrincipal) -> SearchResult:
     """Semantic search over this user's live memories, best first, with cosine scores."""
+    principal.authorize(body.user_id)
     items = memories.search(body.user_id, body.query, top_k=body.top_k,
                             metadata=body.metadata, min_importance=body.min_importance)
     return SearchResult(items=items)
