@@ -17,6 +17,7 @@ from app.db.connector import Database
 from app.errors import MemoryPersistenceError
 from app.outbox import Outbox
 from app.settings import Settings
+from app.store import MemoryService
 
 log = logging.getLogger(__name__)
 LEADER_LOCK = "memctl-scheduler"
@@ -82,13 +83,14 @@ class Scheduler:
 
 
 def default_tasks(settings: Settings, outbox: Outbox, consistency: Consistency,
-                  check: bool = True) -> list[Task]:
+                  memories: MemoryService, check: bool = True) -> list[Task]:
     """Reclaim, pruning and (with ``check``) the periodic consistency check."""
     tasks = [
         Task("reclaim", settings.reclaim_interval_seconds,
              lambda: outbox.reclaim_expired().__dict__),
         Task("prune_outbox", 3600.0, outbox.prune_done),
         Task("prune_tombstones", 3600.0, consistency.prune_tombstones),
+        Task("prune_idempotency_keys", 3600.0, memories.prune_idempotency_keys),
     ]
     if check:
         tasks.append(Task("check", settings.check_interval_seconds,

@@ -20,6 +20,7 @@ from app.embeddings import Embedder, make_embedder
 from app.extraction import Extractor, make_extractor
 from app.graph.base import GraphStore
 from app.graph.neo4j import Neo4jGraph
+from app.keys import ApiKeys
 from app.outbox import Outbox
 from app.projector import Projector
 from app.queue import ProjectionQueue
@@ -75,6 +76,10 @@ class Services:
         return Outbox(self.settings, self.db)
 
     @cached_property
+    def keys(self) -> ApiKeys:
+        return ApiKeys(self.settings, self.db)
+
+    @cached_property
     def memories(self) -> MemoryService:
         return MemoryService(self.settings, self.db, self.outbox, self.embedder)
 
@@ -96,7 +101,8 @@ class Services:
         return Relay(self.settings, self.outbox, self.queue)
 
     def scheduler(self) -> Scheduler:
-        return Scheduler(self.db, default_tasks(self.settings, self.outbox, self.consistency))
+        return Scheduler(self.db, default_tasks(self.settings, self.outbox, self.consistency,
+                                                self.memories))
 
     def close(self) -> None:
         """Close what this object built (not what it was given)."""

@@ -13,7 +13,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from app.api import errors
+from app.api import docs, errors
+from app.api.guard import BodyLimit, RequestGuard
 from app.api.routes import admin, health, memories, persistence
 from app.settings import Settings
 from app.wiring import Services, build_services
@@ -62,8 +63,15 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
         summary="Memories for AI assistants: pgvector search, a Neo4j graph that converges.",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # The default pages load Swagger UI and ReDoc from a CDN: ours are served locally.
+        docs_url=None, redoc_url=None,
+        openapi_url="/openapi.json" if settings.api_docs else None,
     )
+    app.state.guard = RequestGuard(settings)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     errors.install(app)
+    if settings.api_docs:
+        docs.install(app)
     app.include_router(health.router)
     app.include_router(memories.router)
     app.include_router(admin.router)

@@ -6,38 +6,23 @@ everything a service key may. Keys are compared in constant time and never logge
 
 from __future__ import annotations
 
-import hmac
 import logging
-from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from app.admin import AdminService
+from app.api.guard import RequestGuard
 from app.consistency import Consistency
 from app.errors import Forbidden, Unauthorized
+from app.keys import Principal
 from app.outbox import Outbox
-from app.settings import Settings
 from app.store import MemoryService
 from app.wiring import Services
 
 log = logging.getLogger(__name__)
-
-Scope = Literal["service", "admin"]
-
-
-@dataclass(frozen=True)
-class Principal:
-    """The authenticated caller: only the scope of its key, never the key itself."""
-
-    scope: Scope
-    key_index: int | None = None  # 1-based position of the key in its settings list
-
-    @property
-    def actor(self) -> str:
-        """A non-secret label for audit records, e.g. ``api:admin-key-2``."""
-        return f"api:{self.scope}-key-{self.key_index or 0}"
 
 
 async def get_services(request: Request) -> Services:
@@ -81,45 +66,21 @@ _bearer = HTTPBearer(auto_error=False, scheme_name="ApiKey",
                      description="`Authorization: Bearer <key>`: a service or admin key.")
 
 
-def _match_index(given: bytes, keys: tuple[bytes, ...]) -> int | None:
-    # Compare against every key, without stopping at a match, so timing says nothing about
-    # which key (or how many) there are.
-    found: int | None = None
-    for i, key in enumerate(keys, start=1):
-        if hmac.compare_digest(given, key) and found is None:
-            found = i
-    return found
-
-
-def identify(settings: Settings, key: str) -> Principal | None:
-    """The principal a key stands for (scope and key position), or None for an unknown key."""
-    given = key.encode()
-    admin = tuple(k.get_secret_value().encode() for k in settings.api_admin_keys)
-    service = tuple(k.get_secret_value().encode() for k in settings.api_service_keys)
-    admin_index = _match_index(given, admin)
-    service_index = _match_index(given, service)
-    if admin_index is not None:
-        return Principal("admin", admin_index)
-    if service_index is not None:
-        return Principal("service", service_index)
-    return None
-
-
 async def authenticate(
     request: Request,
     services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    """Any configured key: 401 without one."""
+    """Any known key: 401 without one; 429 when the key is over its rate."""
+    guard: RequestGuard = request.app.state.guard
     if credentials is None:
-        log.info("request without a bearer key", extra={"action": "api.auth_missing",
-                                                         "path": request.url.path})
+        guard.rejected(request, "missing")
         raise Unauthorized("an API key is required: Authorization: Bearer <key>")
-    principal = identify(services.settings, credentials.credentials)
+    principal = await run_in_threadpool(services.keys.identify, credentials.credentials)
     if principal is None:
-        log.warning("unknown API key", extra={"action": "api.auth_rejected",
-                                              "path": request.url.path})
+        guard.rejected(request, "unknown")
         raise Unauthorized("the API key is not valid")
+    guard.admit(principal)
     return principal
 
 
@@ -135,4 +96,5 @@ async def require_admin(principal: Annotated[Principal, Depends(authenticate)]) 
     return principal
 
 
+ServicePrincipal = Annotated[Principal, Depends(require_service)]
 AdminPrincipal = Annotated[Principal, Depends(require_admin)]

@@ -37,10 +37,8 @@ def _development_commands(cli: typer.Typer) -> None:
     module.register(cli)
 
 
-_development_commands(app)
-
-
 def main() -> None:
+    _development_commands(app)  # here, not at import: devtools imports this package
     app()
 
 

@@ -36,6 +36,8 @@ sync_app = typer.Typer(no_args_is_help=True,
                        help="Consistency of the graph with Postgres: check, repair, full, rebuild.")
 dead_app = typer.Typer(no_args_is_help=True, help="Dead letters: list, show, replay, discard.")
 outbox_app = typer.Typer(no_args_is_help=True, help="The transactional outbox.")
+keys_app = typer.Typer(no_args_is_help=True, help="API keys kept in Postgres: create, list, "
+                                                  "revoke.")
 
 UserOpt = Annotated[str | None, typer.Option("--user", help="Only this user's memories.")]
 DryRunOpt = Annotated[bool, typer.Option(
@@ -340,9 +342,68 @@ def health(as_json: JsonOpt = False) -> None:
     raise typer.Exit({"ok": 0, "degraded": 1, "down": EXIT_UNREACHABLE}[report["status"]])
 
 
+# -- API keys --------------------------------------------------------------------------------
+
+
+def _key_row(k: dict[str, Any]) -> dict[str, Any]:
+    return {name: (v.isoformat() if isinstance(v, datetime) else v) for name, v in k.items()}
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option("--name", help="What the key is for.")],
+    scope: Annotated[str, typer.Option("--scope", help="service or admin.")] = "service",
+    namespace: Annotated[str | None, typer.Option(
+        "--namespace", help="Bind a service key to user ids '<namespace>:…'.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a key; its secret is printed once, on stdout, and never stored."""
+    with services() as parts:
+        new = parts.keys.create(name, scope, namespace, actor=_actor())
+    if as_json:
+        emit_json({**_key_row(new.record), "secret": new.secret})
+        return
+    bound = f", bound to '{namespace}:…'" if namespace else ""
+    console.print(f"created {scope} key {new.record['id']} ({escape(name)}{bound}); its "
+                  "secret, shown only now:")
+    print(new.secret)  # plain stdout: no wrapping or markup in a secret
+
+
+@keys_app.command("list")
+def keys_list(everything: Annotated[bool, typer.Option(
+                  "--all", help="Also the revoked keys.")] = False,
+              as_json: JsonOpt = False) -> None:
+    """Keys kept in Postgres, without their secrets (settings' bootstrap keys are not listed)."""
+    with services() as parts:
+        rows = [_key_row(k) for k in parts.keys.list(include_revoked=everything)]
+    if as_json:
+        emit_json({"items": rows})
+        return
+    table = Table("id", "name", "scope", "namespace", "prefix", "created", "revoked",
+                  title="API keys")
+    for k in rows:
+        table.add_row(str(k["id"]), short(k["name"], 30), k["scope"], k["namespace"] or "-",
+                      k["prefix"] + "…", str(k["created_at"])[:19],
+                      str(k["revoked_at"] or "-")[:19])
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[int, typer.Argument(metavar="ID")],
+                as_json: JsonOpt = False) -> None:
+    """Revoke a key: every web process refuses it within API_KEY_CACHE_SECONDS."""
+    with services() as parts:
+        row = _key_row(parts.keys.revoke(key_id, actor=_actor()))
+    if as_json:
+        emit_json(row)
+        return
+    console.print(f"revoked key {key_id} ({escape(row['name'])}) at {row['revoked_at']}")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(sync_app, name="sync")
     app.add_typer(dead_app, name="dead")
     app.add_typer(outbox_app, name="outbox")
+    app.add_typer(keys_app, name="keys")
     app.command()(graph)
     app.command()(health)

@@ -100,20 +100,29 @@ SELECT atttypmod FROM pg_attribute
 WHERE attrelid = to_regclass('memories') AND attname = 'embedding';
 
 -- idempotency_get --
--- A stored answer for an Idempotency-Key of one user.
-SELECT request_hash, memory_id FROM idempotency_keys WHERE user_id = :user_id AND key = :key;
+-- A stored answer for an Idempotency-Key of one API key (scope) and user, within retention.
+SELECT request_hash, memory_id FROM idempotency_keys
+WHERE scope = :scope AND user_id = :user_id AND key = :key;
 
 -- idempotency_put --
 -- Remember which memory an Idempotency-Key created; loses the race quietly to a concurrent twin.
-INSERT INTO idempotency_keys (user_id, key, request_hash, memory_id)
-VALUES (:user_id, :key, :request_hash, :memory_id)
+INSERT INTO idempotency_keys (scope, user_id, key, request_hash, memory_id)
+VALUES (:scope, :user_id, :key, :request_hash, :memory_id)
 ON CONFLICT DO NOTHING
 RETURNING memory_id;
 
+-- prune_idempotency_keys --
+-- Forget a bounded batch of Idempotency-Keys older than the retention age.
+DELETE FROM idempotency_keys
+WHERE ctid IN (SELECT ctid FROM idempotency_keys
+               WHERE created_at < now() - make_interval(secs => :age_seconds)
+               ORDER BY created_at LIMIT :limit);
+
 -- idempotency_lock --
 -- Serialise concurrent requests with the same Idempotency-Key for the transaction.
--- chr(31) separates user and key: text cannot hold chr(0), and a collision only serialises.
-SELECT pg_advisory_xact_lock(hashtextextended(:user_id || chr(31) || :key, 0));
+-- chr(31) separates the parts: text cannot hold chr(0), and a collision only serialises.
+SELECT pg_advisory_xact_lock(hashtextextended(:scope || chr(31) || :user_id || chr(31) || :key,
+                                              0));
 
 -- claim_due --
 -- Lease a batch of due pending rows to this relay; other relays skip the locked ones.
@@ -394,3 +403,33 @@ SELECT pg_try_advisory_lock(hashtextextended(:key, 0));
 -- unlock_exclusive --
 -- Release an exclusive advisory lock.
 SELECT pg_advisory_unlock(hashtextextended(:key, 0));
+
+-- insert_api_key --
+-- A new API key; only the hash of its secret is kept.
+INSERT INTO api_keys (name, prefix, key_hash, scope, namespace, created_by)
+VALUES (:name, :prefix, :key_hash, :scope, :namespace, :created_by)
+RETURNING id, name, prefix, scope, namespace, created_at, created_by, revoked_at;
+
+-- find_api_key --
+-- The live key with this secret's hash, if any.
+SELECT id, name, prefix, scope, namespace FROM api_keys
+WHERE key_hash = :key_hash AND revoked_at IS NULL;
+
+-- list_api_keys --
+-- Every key (without secrets), newest first; revoked ones only when asked.
+SELECT id, name, prefix, scope, namespace, created_at, created_by, revoked_at, revoked_by
+FROM api_keys
+WHERE CAST(:include_revoked AS boolean) OR revoked_at IS NULL
+ORDER BY id DESC
+LIMIT :limit;
+
+-- revoke_api_key --
+-- Revoke a key; every web process refuses it within API_KEY_CACHE_SECONDS.
+UPDATE api_keys SET revoked_at = now(), revoked_by = :actor
+WHERE id = :id AND revoked_at IS NULL
+RETURNING id;
+
+-- get_api_key --
+-- One key (without its secret).
+SELECT id, name, prefix, scope, namespace, created_at, created_by, revoked_at, revoked_by
+FROM api_keys WHERE id = :id;

@@ -25,7 +25,7 @@ from app.db.connector import Database
 from app.errors import ConfigError
 from app.settings import Settings
 from devtools.localservers import free_port
-from tests.conftest import TEMPLATE_DB, TestServers, bearer, wait_for
+from tests.conftest import TestServers, bearer, wait_for
 
 with warnings.catch_warnings():
     # Starlette 1.x prefers httpx2 and warns when it falls back to httpx; the client behaves
@@ -561,9 +561,7 @@ BAD_INPUT: list[tuple[str, str, str, dict[str, Any], str | None]] = [
 def shared_app(test_servers: TestServers) -> Iterator[tuple[TestClient, Database, dict[str, Any]]]:
     """One database and app for the many bad-input cases: each must leave it unchanged."""
     name = f"api_bad_input_{os.getpid()}"
-    with psycopg.connect(test_servers.admin_dsn(), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+    test_servers.create_database(name)
     settings = test_servers.settings(name)
     database = Database(settings, pool_size=2)
     key = settings.api_service_keys[0].get_secret_value()
@@ -572,8 +570,7 @@ def shared_app(test_servers: TestServers) -> Iterator[tuple[TestClient, Database
             yield client, database, store(client, user="alice", content="the original")
     finally:
         database.dispose()
-        with psycopg.connect(test_servers.admin_dsn(), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        test_servers.drop_database(name)
 
 
 @pytest.mark.parametrize(("method", "path", "kwargs", "field"),

@@ -102,6 +102,7 @@ def test_reclaim_task_returns_expired_leases(settings: Settings, db: Database) -
     try:
         outbox = Outbox(settings, db)
         tasks = default_tasks(settings, outbox, Consistency(settings, db, outbox, graph),
+                              MemoryService(settings, db, outbox, HashingEmbedder(384)),
                               check=False)
         scheduler = Scheduler(db, tasks)
         assert "reclaim" in scheduler.tick()
