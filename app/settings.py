@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     max_metadata_bytes: int = Field(16_384, ge=64, le=1_048_576)
     max_metadata_depth: int = Field(16, ge=1, le=64)
     max_metadata_keys: int = Field(256, ge=1, le=10_000)
+    max_batch_items: int = Field(500, ge=1, le=10_000)  # memories per batch store
 
     # Embeddings
     embedding_provider: Literal["local", "openai", "sentence-transformers"] = "local"

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Connection
+
 from app.db.connector import Database, Row, Tx
 from app.domain import (
     MAX_PAGE,
@@ -170,22 +172,64 @@ class MemoryService:
 
     def store(self, user_id: str, content: str, metadata: dict[str, Any] | None = None,
               importance: int = 5, idempotency_key: str | None = None, *,
-              idempotency_scope: str = "") -> tuple[Memory, bool]:
+              idempotency_scope: str = "", conn: Connection | None = None
+              ) -> tuple[Memory, bool]:
         """Store a memory; returns it and whether it was created (False: an idempotent replay).
 
         An Idempotency-Key is remembered per ``idempotency_scope`` (the API key that sent it)
         and user for IDEMPOTENCY_RETENTION_HOURS; a retry within that time returns the first
         result. Once the memory it created is deleted, a retry answers NotFound.
+
+        With ``conn`` (a SQLAlchemy connection inside the caller's own transaction) the memory
+        and its outbox event join that transaction: they commit with the caller's own rows, or
+        roll back with them.
         """
+        memories, created = self._store(user_id, [NewMemory(content, metadata, importance)],
+                                        idempotency_key, idempotency_scope, conn, batch=False)
+        return memories[0], created
+
+    def store_many(self, user_id: str, items: Sequence[NewMemory],
+                   idempotency_key: str | None = None, *, idempotency_scope: str = "",
+                   conn: Connection | None = None) -> tuple[list[Memory], bool]:
+        """Store several memories in one transaction, all or none (embedded in one batch).
+
+        A bad item raises ValidationError naming it (``items.<index>.<field>``) and stores
+        nothing. One Idempotency-Key covers the whole batch.
+        """
+        if not items:
+            raise ValidationError("items: give at least one memory", "items")
+        if len(items) > self.settings.max_batch_items:
+            raise ValidationError(f"items: at most {self.settings.max_batch_items} per batch",
+                                  "items")
+        return self._store(user_id, list(items), idempotency_key, idempotency_scope, conn,
+                           batch=True)
+
+    def _store(self, user_id: str, items: list[NewMemory], idempotency_key: str | None,
+               idempotency_scope: str, conn: Connection | None, *, batch: bool
+               ) -> tuple[list[Memory], bool]:
         user_id = check_user_id(user_id)
-        item = self._validated(NewMemory(content, metadata, importance))
+        checked = []
+        for index, item in enumerate(items):
+            try:
+                checked.append(self._validated(item))
+            except ValidationError as exc:
+                if not batch:
+                    raise
+                raise ValidationError(f"items.{index}: {exc}",
+                                      f"items.{index}.{exc.field}") from None
         if idempotency_key is not None:
             check_text(idempotency_key, "Idempotency-Key", max_chars=255)
-        vector = self.embedder.embed([item.content])[0]  # before the transaction opens
-        with self.db.transaction() as tx:
+        # Embeddings before the transaction opens: no transaction waits on the model.
+        vectors = self.embedder.embed([i.content for i in checked])
+        with self.db.transaction(conn) as tx:
+            params: dict[str, Any] = {}
+            fingerprint = ""
             if idempotency_key is not None:
-                fingerprint = request_hash({"content": item.content, "metadata": item.metadata,
-                                            "importance": item.importance})
+                fingerprint = request_hash({"batch": batch, "items": [
+                    {"content": i.content, "metadata": i.metadata, "importance": i.importance}
+                    for i in checked]} if batch else {
+                    "content": checked[0].content, "metadata": checked[0].metadata,
+                    "importance": checked[0].importance})
                 params = {"scope": idempotency_scope, "user_id": user_id,
                           "key": idempotency_key}
                 tx.execute("idempotency_lock", params)
@@ -194,28 +238,25 @@ class MemoryService:
                     if seen["request_hash"] != fingerprint:
                         raise IdempotencyConflict(
                             "this Idempotency-Key was used with a different request")
-                    row = tx.one("get_memory", {"id": seen["memory_id"], "user_id": user_id})
-                    if row is None:
-                        raise NotFound("the memory this Idempotency-Key created was deleted")
-                    return self._memory(row), False
-            memory = self._insert(tx, user_id, item, vector)
+                    return self._replayed(tx, user_id, seen), False
+            memories = [self._insert(tx, user_id, item, vector)
+                        for item, vector in zip(checked, vectors, strict=True)]
             if idempotency_key is not None:
-                tx.execute("idempotency_put", {**params, "request_hash": fingerprint,
-                                               "memory_id": memory.id})
-        log.info("memory stored", extra={"action": "memory.store", "memory_id": str(memory.id),
-                                         "user_id": user_id})
-        return memory, True
+                tx.execute("idempotency_put", {
+                    **params, "request_hash": fingerprint, "memory_id": memories[0].id,
+                    "memory_ids": [m.id for m in memories] if batch else None})
+        for memory in memories:
+            log.info("memory stored", extra={"action": "memory.store", "user_id": user_id,
+                                             "memory_id": str(memory.id)})
+        return memories, True
 
-    def store_many(self, user_id: str, items: Sequence[NewMemory]) -> list[Memory]:
-        """Store several memories in one transaction: all or none."""
-        user_id = check_user_id(user_id)
-        if not items:
-            return []
-        checked = [self._validated(i) for i in items]
-        vectors = self.embedder.embed([i.content for i in checked])
-        with self.db.transaction() as tx:
-            return [self._insert(tx, user_id, item, vector)
-                    for item, vector in zip(checked, vectors, strict=True)]
+    def _replayed(self, tx: Tx, user_id: str, seen: Row) -> list[Memory]:
+        """What an Idempotency-Key created, as it is now; NotFound if any of it was deleted."""
+        ids = seen["memory_ids"] or [seen["memory_id"]]
+        rows = {r["id"]: r for r in tx.all("get_memories", {"ids": ids, "user_id": user_id})}
+        if len(rows) != len(ids):
+            raise NotFound("the memory this Idempotency-Key created was deleted")
+        return [self._memory(rows[i]) for i in ids]
 
     def _missing_or_conflict(self, tx: Tx, user_id: str, memory_id: uuid.UUID,
                              expected_version: int | None) -> Exception:
@@ -227,7 +268,7 @@ class MemoryService:
 
     def update(self, user_id: str, memory_id: uuid.UUID | str, *, content: str | None = None,
                metadata: dict[str, Any] | None = None, importance: int | None = None,
-               expected_version: int | None = None) -> Memory:
+               expected_version: int | None = None, conn: Connection | None = None) -> Memory:
         """Change content, metadata or importance; bumps the version and queues re-projection."""
         user_id = check_user_id(user_id)
         mid = _check_id(memory_id)
@@ -243,7 +284,7 @@ class MemoryService:
             _check_importance(importance)
         if expected_version is not None:
             check_int64(expected_version, "expected_version")
-        with self.db.transaction() as tx:
+        with self.db.transaction(conn) as tx:
             row = tx.one("update_memory", {
                 "id": mid, "user_id": user_id, "content": content, "embedding": vector,
                 "content_hash": content_hash(content) if content is not None else None,
@@ -259,7 +300,7 @@ class MemoryService:
         return memory
 
     def delete(self, user_id: str, memory_id: uuid.UUID | str, *,
-               expected_version: int | None = None) -> int:
+               expected_version: int | None = None, conn: Connection | None = None) -> int:
         """Tombstone a memory and queue its removal from the graph; returns the new version.
 
         The graph side always removes the memory's MENTIONS and relationships and every entity
@@ -269,7 +310,7 @@ class MemoryService:
         mid = _check_id(memory_id)
         if expected_version is not None:
             check_int64(expected_version, "expected_version")
-        with self.db.transaction() as tx:
+        with self.db.transaction(conn) as tx:
             row = tx.one("delete_memory", {"id": mid, "user_id": user_id,
                                            "expected_version": expected_version})
             if row is None:

@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from app.consistency import Operation
-from app.domain import MAX_PAGE, MAX_TOP_K, ScoredMemory
+from app.domain import MAX_PAGE, MAX_TOP_K, Memory, ScoredMemory
 from app.errors import ValidationError
 from app.validation import (
     MAX_BIGINT,
@@ -97,6 +97,29 @@ class StoreRequest(StrictBody):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "user_id": "user-1", "content": "Meeting with John about the Q4 roadmap",
         "metadata": {"source": "calendar"}, "importance": 7}]})
+
+
+class BatchItem(StrictBody):
+    """One memory of a batch (its user is the batch's)."""
+
+    content: Content
+    metadata: Metadata | None = None
+    importance: Importance = 5
+
+
+class BatchStoreRequest(StrictBody):
+    """Several memories of one user, stored in one transaction: all or none."""
+
+    user_id: UserId
+    items: Annotated[list[BatchItem], Field(min_length=1, description=(
+        "At most MAX_BATCH_ITEMS (default 500); a bad item is a 422 naming "
+        "`items.<index>.<field>` and stores nothing."))]
+
+
+class BatchResult(BaseModel):
+    """The stored memories, in the order given."""
+
+    items: list[Memory]
 
 
 class LegacyStoreRequest(StrictBody):

@@ -26,6 +26,13 @@ SELECT id, user_id, content, metadata, importance, version, content_hash, entiti
 FROM memories
 WHERE id = :id AND user_id = :user_id AND deleted_at IS NULL;
 
+-- get_memories --
+-- Live memories of one user among these ids.
+SELECT id, user_id, content, metadata, importance, version, content_hash, entities, extractor,
+       created_at, updated_at, deleted_at
+FROM memories
+WHERE id = ANY(CAST(:ids AS uuid[])) AND user_id = :user_id AND deleted_at IS NULL;
+
 -- memory_version_any_state --
 -- Current version and deletion state of a memory of one user, to tell 404 from 409.
 SELECT version, deleted_at FROM memories WHERE id = :id AND user_id = :user_id;
@@ -101,13 +108,13 @@ WHERE attrelid = to_regclass('memories') AND attname = 'embedding';
 
 -- idempotency_get --
 -- A stored answer for an Idempotency-Key of one API key (scope) and user, within retention.
-SELECT request_hash, memory_id FROM idempotency_keys
+SELECT request_hash, memory_id, memory_ids FROM idempotency_keys
 WHERE scope = :scope AND user_id = :user_id AND key = :key;
 
 -- idempotency_put --
 -- Remember which memory an Idempotency-Key created; loses the race quietly to a concurrent twin.
-INSERT INTO idempotency_keys (scope, user_id, key, request_hash, memory_id)
-VALUES (:scope, :user_id, :key, :request_hash, :memory_id)
+INSERT INTO idempotency_keys (scope, user_id, key, request_hash, memory_id, memory_ids)
+VALUES (:scope, :user_id, :key, :request_hash, :memory_id, CAST(:memory_ids AS uuid[]))
 ON CONFLICT DO NOTHING
 RETURNING memory_id;
 

@@ -95,10 +95,10 @@ def test_store_many_is_all_or_nothing(service: MemoryService, db: Database) -> N
     service.before_outbox = None
     with pytest.raises(ValidationError) as invalid:
         service.store_many("alice", [NewMemory("fine"), NewMemory("  "), NewMemory("fine too")])
-    assert invalid.value.field == "content"
+    assert invalid.value.field == "items.1.content"  # names the item
     assert memory_rows(db) == []
 
-    stored = service.store_many("alice", items)
+    stored, _ = service.store_many("alice", items)
     assert [m.content for m in stored] == [i.content for i in items]
     assert len(memory_rows(db)) == 4
 
@@ -135,7 +135,7 @@ def test_writes_succeed_while_redis_and_neo4j_are_unreachable(
                                     idempotency_key="k1")
     assert created
     updated = service.update("alice", memory.id, importance=9)
-    batch = service.store_many("alice", [NewMemory("one"), NewMemory("two")])
+    batch, _ = service.store_many("alice", [NewMemory("one"), NewMemory("two")])
     version = service.delete("alice", batch[0].id)
     assert service.search("alice", "graph down", top_k=3)
     assert service.list("alice").items
@@ -167,7 +167,7 @@ def test_every_write_leaves_one_event_with_the_new_version(service: MemoryServic
     assert outbox(db, memory.id) == [(1, "upsert"), (2, "upsert"), (3, "upsert"),
                                      (4, "delete")]
 
-    batch = service.store_many("bob", [NewMemory("x"), NewMemory("y", {"k": 1}, 7)])
+    batch, _ = service.store_many("bob", [NewMemory("x"), NewMemory("y", {"k": 1}, 7)])
     for stored in batch:
         assert stored.version == 1
         assert outbox(db, stored.id) == [(1, "upsert")]
@@ -307,7 +307,7 @@ def test_search_returns_nearest_first_and_applies_filters(service: MemoryService
 
 def test_list_paginates_without_duplicates_or_gaps(service: MemoryService) -> None:
     # store_many's rows share one created_at (one transaction): the id breaks the ties.
-    batch = service.store_many("alice", [NewMemory(f"batch {i}", {"n": i}, 1 + i % 10)
+    batch, _ = service.store_many("alice", [NewMemory(f"batch {i}", {"n": i}, 1 + i % 10)
                                          for i in range(7)])
     singles = [service.store("alice", f"single {i}", importance=9)[0] for i in range(4)]
     deleted = service.store("alice", "deleted one")[0]

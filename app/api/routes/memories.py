@@ -16,6 +16,8 @@ from fastapi import APIRouter, Depends, Header, Query, Response
 from app.api.deps import MemoryServiceDep, ServicePrincipal, require_service
 from app.api.errors import AUTH_ERRORS, CONFLICT, FORBIDDEN, NOT_FOUND, ErrorBody
 from app.api.schemas import (
+    BatchResult,
+    BatchStoreRequest,
     Deleted,
     LegacyStoreRequest,
     SearchRequest,
@@ -27,6 +29,7 @@ from app.api.schemas import (
 from app.domain import MAX_PAGE, Memory, Page
 from app.errors import ValidationError
 from app.keys import Principal
+from app.store import NewMemory
 from app.validation import MAX_BIGINT, parse_json_object
 
 router = APIRouter(prefix="/api", tags=["memories"], dependencies=[Depends(require_service)],
@@ -101,6 +104,27 @@ def store_memory(body: StoreRequest, response: Response, memories: MemoryService
     """Store a memory and queue its projection to the graph, in one transaction."""
     return _store(memories, principal, response, body.user_id, body.content, body.metadata,
                   body.importance, idempotency_key)
+
+
+@router.post("/memories/batch", status_code=201, response_model=BatchResult,
+             summary="Store several memories at once",
+             responses={201: {"description": "Stored, all of them."},
+                        200: {"model": BatchResult, "description": (
+                            "An idempotent replay: the batch the key first stored.")},
+                        404: _REPLAY[404]})
+def store_batch(body: BatchStoreRequest, response: Response, memories: MemoryServiceDep,
+                principal: ServicePrincipal,
+                idempotency_key: IdempotencyKey = None) -> BatchResult:
+    """Store up to MAX_BATCH_ITEMS memories of one user in one transaction, embedded in
+    batches; one Idempotency-Key covers the whole batch."""
+    principal.authorize(body.user_id)
+    stored, created = memories.store_many(
+        body.user_id, [NewMemory(i.content, i.metadata, i.importance) for i in body.items],
+        idempotency_key, idempotency_scope=principal.key_id)
+    if not created:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+    return BatchResult(items=stored)
 
 
 @router.post("/memory/store", status_code=201, response_model=Memory, tags=["legacy"],
