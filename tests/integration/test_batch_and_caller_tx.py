@@ -105,11 +105,15 @@ def invoices(db: Database) -> int:
 @pytest.mark.usefixtures("caller_table")
 def test_the_callers_rollback_leaves_no_memory_and_no_event(
         db: Database, service: MemoryService) -> None:
-    with pytest.raises(RuntimeError), db.engine.begin() as conn:
-        conn.execute(text("INSERT INTO invoices (note) VALUES ('paid')"))
-        service.store("alice", "Invoice 7 paid by Acme", conn=conn)
-        service.store_many("alice", [NewMemory("one"), NewMemory("two")], conn=conn)
-        raise RuntimeError("the caller's own failure, after the writes")
+    def caller() -> None:
+        with db.engine.begin() as conn:
+            conn.execute(text("INSERT INTO invoices (note) VALUES ('paid')"))
+            service.store("alice", "Invoice 7 paid by Acme", conn=conn)
+            service.store_many("alice", [NewMemory("one"), NewMemory("two")], conn=conn)
+            raise RuntimeError("the caller's own failure, after the writes")
+
+    with pytest.raises(RuntimeError):
+        caller()
     assert invoices(db) == 0
     assert counts(db) == (0, 0)
 
