@@ -1,0 +1,43 @@
+"""The image the Dockerfile describes, built once for every deployment test that runs it.
+
+``devtools.image.build_image`` reproduces ``docker build`` without an engine: the Dockerfile's
+COPY into a folder standing in for WORKDIR, its ``pip install .`` into a fresh virtual
+environment of the base image's Python, outside the checkout; its USER's uid:gid for the
+processes when the tests run as root.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from devtools.harness import REPO
+from devtools.image import Image, build_image
+
+COMPOSE_FILE = REPO / "docker-compose.yml"
+ENV_EXAMPLE = REPO / ".env.example"
+KUBERNETES = REPO / "deploy" / "kubernetes"
+
+
+@pytest.fixture(scope="package")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Image:
+    root = tmp_path_factory.mktemp("image")
+    return build_image(REPO / "Dockerfile", root, root / "build.log")
+
+
+def run_as(image: Image) -> dict[str, object]:
+    """subprocess keyword arguments that run a child as the image's user (when we are root)."""
+    if image.uid_gid is None:
+        return {}
+    return {"user": image.uid_gid[0], "group": image.uid_gid[1], "extra_groups": []}
+
+
+def outside(tmp_path: Path) -> Path:
+    """A folder the image's user can enter but not write to: nowhere near the checkout."""
+    from devtools.image import make_traversable
+
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    make_traversable(folder)
+    return folder
