@@ -44,6 +44,16 @@ def references(text: str) -> set[str]:
     return found
 
 
+def required(text: str) -> set[str]:
+    """The variables ``text`` requires a value for (``${VAR?error}``, ``${VAR:?error}``)."""
+    found: set[str] = set()
+    for match in _REFERENCE.finditer(text):
+        parsed = _BRACED.match(match["braced"] or "")
+        if parsed is not None and parsed["op"] in ("?", ":?"):
+            found.add(parsed["name"])
+    return found
+
+
 def interpolate(text: str, env: Mapping[str, str]) -> str:
     """``text`` with its variables substituted from ``env`` as Compose does it."""
 

@@ -194,7 +194,7 @@ class Image:
         Nothing of this machine's environment leaks in (no PYTHONPATH, no developer settings).
         """
         base = {"PATH": f"{self.bin}:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
-                "HOME": "/nonexistent", "PYTHONUNBUFFERED": "1"}
+                "HOME": "/nonexistent"}
         return {**base, **self.dockerfile.env, **extra}
 
 
