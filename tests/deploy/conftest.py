@@ -8,12 +8,15 @@ processes when the tests run as root.
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 import pytest
 
+from devtools import compose
 from devtools.harness import REPO
 from devtools.image import Image, build_image
+from tests.conftest import TestServers
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
 ENV_EXAMPLE = REPO / ".env.example"
@@ -41,3 +44,17 @@ def outside(tmp_path: Path) -> Path:
     folder.mkdir()
     make_traversable(folder)
     return folder
+
+
+def write_env_file(path: Path, test_servers: TestServers) -> Path:
+    """The stand-in for ``.env``: the test servers' passwords, a fresh value for every other
+    variable the compose file requires; the rest keep the compose file's defaults."""
+    raw = compose.load_yaml(COMPOSE_FILE)
+    given = {"POSTGRES_PASSWORD": test_servers.pg_password,
+             "NEO4J_PASSWORD": test_servers.urls.neo4j_password}
+    needed = set().union(*(compose.required(s) for s in compose.strings(raw)))
+    values = {name: given.get(name, f"{name.lower()}-{secrets.token_hex(8)}")
+              for name in sorted(needed)}
+    path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    path.chmod(0o600)
+    return path

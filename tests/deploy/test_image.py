@@ -16,7 +16,6 @@ against, the test servers.
 
 from __future__ import annotations
 
-import secrets
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -34,7 +33,7 @@ from devtools.harness import ManagedProcess
 from devtools.image import Image
 from devtools.localservers import free_port
 from tests.conftest import TestServers, wait_for
-from tests.deploy.conftest import COMPOSE_FILE, run_as
+from tests.deploy.conftest import COMPOSE_FILE, run_as, write_env_file
 
 # The backing server each official image stands for, and the port it listens on inside.
 SERVER_OF_IMAGE = {"postgres": "postgres", "pgvector": "postgres", "redis": "redis",
@@ -47,20 +46,6 @@ def server_of(service: compose.Service) -> str:
     repository = (service.image or "").split(":")[0].rsplit("/", 1)[-1]
     assert repository in SERVER_OF_IMAGE, f"{service.name}: unknown backing image {service.image}"
     return SERVER_OF_IMAGE[repository]
-
-
-def write_env_file(path: Path, test_servers: TestServers) -> Path:
-    """The stand-in for ``.env``: the test servers' passwords, a fresh value for every other
-    variable the compose file requires; the rest keep the compose file's defaults."""
-    raw = compose.load_yaml(COMPOSE_FILE)
-    given = {"POSTGRES_PASSWORD": test_servers.pg_password,
-             "NEO4J_PASSWORD": test_servers.urls.neo4j_password}
-    needed = set().union(*(compose.required(s) for s in compose.strings(raw)))
-    values = {name: given.get(name, f"{name.lower()}-{secrets.token_hex(8)}")
-              for name in sorted(needed)}
-    path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
-    path.chmod(0o600)
-    return path
 
 
 class ComposeRun:
