@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from devtools import compose
 from devtools.harness import REPO
@@ -58,3 +60,33 @@ def write_env_file(path: Path, test_servers: TestServers) -> Path:
     path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
     path.chmod(0o600)
     return path
+
+
+def manifests() -> dict[str, list[dict[str, Any]]]:
+    """Every YAML document under deploy/kubernetes, by file name."""
+    return {path.name: [d for d in yaml.safe_load_all(path.read_text()) if d]
+            for path in sorted(KUBERNETES.glob("*.yaml"))}
+
+
+def workloads() -> list[dict[str, Any]]:
+    """The Deployments and Jobs of the manifests."""
+    return [d for docs in manifests().values() for d in docs
+            if d["kind"] in ("Deployment", "Job")]
+
+
+def workload_running(command: list[str]) -> dict[str, Any] | None:
+    """The Deployment or Job whose main container runs exactly ``command``."""
+    for doc in workloads():
+        if doc["spec"]["template"]["spec"]["containers"][0]["command"] == command:
+            return doc
+    return None
+
+
+def quantity(text: str | int) -> float:
+    """A Kubernetes quantity (``384Mi``, ``500m``, ``2``) as a number (bytes, cores)."""
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "K": 1e3, "M": 1e6, "G": 1e9, "m": 1e-3}
+    value = str(text)
+    for suffix, factor in units.items():
+        if value.endswith(suffix):
+            return float(value[:-len(suffix)]) * factor
+    return float(value)

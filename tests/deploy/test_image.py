@@ -33,7 +33,13 @@ from devtools.harness import ManagedProcess
 from devtools.image import Image
 from devtools.localservers import free_port
 from tests.conftest import TestServers, wait_for
-from tests.deploy.conftest import COMPOSE_FILE, run_as, write_env_file
+from tests.deploy.conftest import (
+    COMPOSE_FILE,
+    quantity,
+    run_as,
+    workload_running,
+    write_env_file,
+)
 
 # The backing server each official image stands for, and the port it listens on inside.
 SERVER_OF_IMAGE = {"postgres": "postgres", "pgvector": "postgres", "redis": "redis",
@@ -133,6 +139,7 @@ def test_every_app_service_of_the_compose_file_runs_on_the_image(
                                   tmp_path / f"{service.name}.log", cwd=image.workdir,
                                   run_as=image.uid_gid)
             if service.name in one_shots:  # others wait for it to complete successfully
+                assert workload_running(argv) is not None, f"Kubernetes does not run {argv}"
                 code = proc.proc.wait(timeout=180)
                 assert code == 0, f"{service.name} exited {code}:\n{proc.log()}"
             else:
@@ -184,6 +191,18 @@ def test_every_app_service_of_the_compose_file_runs_on_the_image(
                                 capture_output=True, text=True, timeout=120,
                                 **run_as(image))  # type: ignore[call-overload]
         assert health.returncode == 0, health.stdout + health.stderr
+
+        # Kubernetes runs the same commands; each process's memory fits its request there.
+        for service, proc in running:
+            command = service.command or image.dockerfile.cmd
+            assert command is not None
+            workload = workload_running(command)
+            assert workload is not None, f"no Kubernetes workload runs {command}"
+            resources = workload["spec"]["template"]["spec"]["containers"][0]["resources"]
+            rss = sum(p.memory_info().rss for p in proc.group())
+            print(f"{service.name}: RSS {rss / 2**20:.0f} MiB, Kubernetes request "
+                  f"{resources['requests']['memory']}, limit {resources['limits']['memory']}")
+            assert rss < quantity(resources["requests"]["memory"]), (service.name, rss)
 
         # docker stop: SIGTERM to the container's first process, SIGKILL after the grace.
         for service, proc in reversed(running):
