@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
-_REFERENCE = re.compile(rf"\$(?:(?P<escaped>\$)|\{{(?P<braced>[^}}]*)\}}|(?P<named>{_NAME}))")
+_NAMED = re.compile(_NAME)
 _BRACED = re.compile(rf"^(?P<name>{_NAME})(?:(?P<op>:?[-?+])(?P<arg>.*))?$", re.DOTALL)
 # A shell's reference to a variable: $NAME or ${NAME...}, as a CMD-SHELL healthcheck holds it.
 _SHELL_REFERENCE = re.compile(rf"\$(?:\{{(?P<braced>{_NAME})|(?P<named>{_NAME}))")
@@ -29,16 +29,65 @@ class ComposeError(ValueError):
     """The compose file (or an interpolation in it) is not what Compose would accept."""
 
 
+@dataclass(frozen=True)
+class _Token:
+    kind: str  # text | escaped | named | braced
+    value: str  # the text, the name, or what is between the braces
+
+
+def _tokens(text: str) -> Iterator[_Token]:
+    """``text`` split into literal text and ``$`` expressions (braces balanced, so
+    ``${A:-${B}}`` is one expression)."""
+    i, start = 0, 0
+    while i < len(text):
+        if text[i] != "$":
+            i += 1
+            continue
+        if start < i:
+            yield _Token("text", text[start:i])
+        nxt = text[i + 1:i + 2]
+        if nxt == "$":
+            yield _Token("escaped", "$")
+            i += 2
+        elif nxt == "{":
+            depth, j = 1, i + 2
+            while j < len(text) and depth:
+                if text.startswith("${", j):
+                    depth, j = depth + 1, j + 2
+                    continue
+                if text[j] == "}":
+                    depth -= 1
+                j += 1
+            if depth:
+                raise ComposeError(f"unclosed interpolation: {text[i:]}")
+            yield _Token("braced", text[i + 2:j - 1])
+            i = j
+        elif (named := _NAMED.match(text, i + 1)) is not None:
+            yield _Token("named", named.group())
+            i = named.end()
+        else:
+            yield _Token("text", "$")
+            i += 1
+        start = i
+    if start < len(text):
+        yield _Token("text", text[start:])
+
+
+def _braced(content: str) -> re.Match[str]:
+    parsed = _BRACED.match(content)
+    if parsed is None:
+        raise ComposeError(f"invalid interpolation: ${{{content}}}")
+    return parsed
+
+
 def references(text: str) -> set[str]:
     """Every variable ``text`` interpolates (``$$`` escapes excluded), defaults' included."""
     found: set[str] = set()
-    for match in _REFERENCE.finditer(text):
-        if match["named"]:
-            found.add(match["named"])
-        elif match["braced"] is not None:
-            parsed = _BRACED.match(match["braced"])
-            if parsed is None:
-                raise ComposeError(f"invalid interpolation: ${{{match['braced']}}}")
+    for token in _tokens(text):
+        if token.kind == "named":
+            found.add(token.value)
+        elif token.kind == "braced":
+            parsed = _braced(token.value)
             found.add(parsed["name"])
             found |= references(parsed["arg"] or "")
     return found
@@ -47,38 +96,41 @@ def references(text: str) -> set[str]:
 def required(text: str) -> set[str]:
     """The variables ``text`` requires a value for (``${VAR?error}``, ``${VAR:?error}``)."""
     found: set[str] = set()
-    for match in _REFERENCE.finditer(text):
-        parsed = _BRACED.match(match["braced"] or "")
-        if parsed is not None and parsed["op"] in ("?", ":?"):
-            found.add(parsed["name"])
+    for token in _tokens(text):
+        if token.kind == "braced":
+            parsed = _braced(token.value)
+            if parsed["op"] in ("?", ":?"):
+                found.add(parsed["name"])
+            found |= required(parsed["arg"] or "")
     return found
 
 
 def interpolate(text: str, env: Mapping[str, str]) -> str:
     """``text`` with its variables substituted from ``env`` as Compose does it."""
+    out = []
+    for token in _tokens(text):
+        if token.kind in ("text", "escaped"):
+            out.append(token.value)
+        elif token.kind == "named":
+            out.append(env.get(token.value, ""))
+        else:
+            out.append(_substitute(_braced(token.value), env))
+    return "".join(out)
 
-    def substitute(match: re.Match[str]) -> str:
-        if match["escaped"]:
-            return "$"
-        if match["named"]:
-            return env.get(match["named"], "")
-        parsed = _BRACED.match(match["braced"])
-        if parsed is None:
-            raise ComposeError(f"invalid interpolation: ${{{match['braced']}}}")
-        name, op, arg = parsed["name"], parsed["op"], parsed["arg"] or ""
-        value = env.get(name)
-        unset_or_empty = value is None or (op is not None and op.startswith(":") and not value)
-        if op in ("-", ":-"):
-            return interpolate(arg, env) if unset_or_empty else str(value)
-        if op in ("?", ":?"):
-            if unset_or_empty:
-                raise ComposeError(f"required variable {name} is missing a value: {arg}")
-            return str(value)
-        if op in ("+", ":+"):
-            return "" if unset_or_empty else interpolate(arg, env)
-        return value or ""
 
-    return _REFERENCE.sub(substitute, text)
+def _substitute(parsed: re.Match[str], env: Mapping[str, str]) -> str:
+    name, op, arg = parsed["name"], parsed["op"], parsed["arg"] or ""
+    value = env.get(name)
+    unset_or_empty = value is None or (op is not None and op.startswith(":") and not value)
+    if op in ("-", ":-"):
+        return interpolate(arg, env) if unset_or_empty else str(value)
+    if op in ("?", ":?"):
+        if unset_or_empty:
+            raise ComposeError(f"required variable {name} is missing a value: {arg}")
+        return str(value)
+    if op in ("+", ":+"):
+        return "" if unset_or_empty else interpolate(arg, env)
+    return value or ""
 
 
 def interpolate_tree(value: Any, env: Mapping[str, str]) -> Any:
