@@ -58,6 +58,8 @@ class Readiness:
     ok: bool
     reason: str | None = None
     revision: str | None = None
+    # Why not: the database is unreachable, refuses our settings, or is not at this code's head.
+    cause: Literal["unavailable", "misconfigured", "not_migrated"] | None = None
 
 
 def _probe(check: Callable[[], object]) -> Probe:
@@ -114,19 +116,27 @@ class AdminService:
 
         Never touches Neo4j or Redis: writes only need Postgres.
         """
+        not_migrated = "the database is not migrated: run 'memctl migrate'"
+        try:
+            self.db.ping()  # reachable, and our login and database accepted?
+        except StoreUnavailable:
+            return Readiness(False, "the database is unavailable", cause="unavailable")
+        except StoreError:
+            return Readiness(False, "the database refuses the configured credentials or "
+                                    "database name", cause="misconfigured")
         try:
             revision = self.db.scalar("schema_revision")
         except StoreUnavailable:
-            return Readiness(False, "the database is unavailable")
-        except StoreError:
-            return Readiness(False, "the database is not migrated: run 'memctl migrate'")
+            return Readiness(False, "the database is unavailable", cause="unavailable")
+        except StoreError:  # no alembic_version table: never migrated
+            return Readiness(False, not_migrated, cause="not_migrated")
         if revision is None:
-            return Readiness(False, "the database is not migrated: run 'memctl migrate'")
+            return Readiness(False, not_migrated, cause="not_migrated")
         heads = _heads()
         if revision not in heads:
             return Readiness(False, f"the database schema is at {revision}, this code expects "
                                     f"{', '.join(sorted(heads))}: run 'memctl migrate'",
-                             str(revision))
+                             str(revision), cause="not_migrated")
         return Readiness(True, None, str(revision))
 
     def stats(self) -> dict[str, Any]:

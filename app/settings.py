@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     outbox_retention_hours: float = Field(168.0, ge=0)
     tombstone_retention_hours: float = Field(24.0, ge=0)
 
+    # Backup and restore: the folder of pg_dump and pg_restore (the Postgres client of the
+    # server's major version or newer); empty: found on PATH.
+    pg_bin_dir: str = ""
+
     # Local servers and logs
     local_dir: Path = Path(".local")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

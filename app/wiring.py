@@ -13,6 +13,7 @@ from functools import cached_property
 from typing import Any, TypeVar
 
 from app.admin import AdminService
+from app.backup import Backups
 from app.consistency import Consistency
 from app.db.connector import Database
 from app.domain import Extraction
@@ -86,6 +87,10 @@ class Services:
     @cached_property
     def admin(self) -> AdminService:
         return AdminService(self.settings, self.db, self.outbox, lambda: self.graph)
+
+    @cached_property
+    def backups(self) -> Backups:
+        return Backups(self.settings, self.db)
 
     @cached_property
     def consistency(self) -> Consistency:

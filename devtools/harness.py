@@ -53,13 +53,17 @@ class ManagedProcess:
     """A child process in its own session, so one signal reaches its whole process group."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path,
-                 cwd: Path = REPO) -> None:
+                 cwd: Path = REPO, run_as: tuple[int, int] | None = None) -> None:
+        """Start ``argv``; ``run_as`` (uid, gid), when root, runs it as that user only."""
         self.name = name
         self.log_path = log_path
+        ids: dict[str, object] = ({} if run_as is None else
+                                  {"user": run_as[0], "group": run_as[1], "extra_groups": []})
         with log_path.open("ab") as log:
-            self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
-                                         stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc: subprocess.Popen[bytes] = subprocess.Popen(
+                argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+                **ids)  # type: ignore[call-overload]
         self.pid = self.proc.pid
 
     def group(self) -> list[psutil.Process]:

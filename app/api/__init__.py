@@ -56,6 +56,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
             app.state.services = None
             if own:
                 parts.close()
+            log.info("api stopped", extra={"action": "api.stop"})
 
     app = FastAPI(
         title="memory-persistence",

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable
 from typing import Annotated, Protocol
 
 import typer
+from rich.markup import escape
 
-from app.cli.output import err_console, fail, services, settings_or_exit
+from app.cli.output import (
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    JsonOpt,
+    emit_json,
+    err_console,
+    fail,
+    services,
+    settings_or_exit,
+)
 from app.errors import MemoryPersistenceError
 from app.wiring import Services
 
@@ -24,6 +35,37 @@ def migrate(
     except MemoryPersistenceError as exc:
         fail(str(exc), 1)
     err_console.print(f"database migrated to {revision}")
+
+
+def ready(
+    wait: Annotated[float, typer.Option(
+        "--wait", min=0, help="Keep asking for up to this many seconds.")] = 0.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Exit 0 once Postgres answers at this code's schema head (what /api/health/ready checks).
+
+    1 when the database is not migrated, 2 when it refuses the settings, 3 when it is
+    unreachable. With --wait it asks again each second until ready or the time is up: an init
+    container waits so for the migration Job.
+    """
+    deadline = time.monotonic() + wait
+    with services() as parts:
+        while True:
+            readiness = parts.admin.readiness()
+            left = deadline - time.monotonic()
+            if readiness.ok or left <= 0:
+                break
+            time.sleep(min(1.0, left))
+    if as_json:
+        emit_json({"ready": readiness.ok, "reason": readiness.reason,
+                   "revision": readiness.revision})
+    elif readiness.ok:
+        err_console.print(f"ready: the database schema is at {readiness.revision}")
+    else:
+        err_console.print(f"not ready: {escape(readiness.reason or '')}", soft_wrap=True)
+    codes = {None: 0, "not_migrated": 1, "misconfigured": EXIT_USAGE,
+             "unavailable": EXIT_UNREACHABLE}
+    raise typer.Exit(codes[readiness.cause])
 
 
 def web() -> None:
@@ -62,5 +104,5 @@ def scheduler() -> None:
 
 
 def register(app: typer.Typer) -> None:
-    for command in (migrate, web, relay, scheduler):
+    for command in (migrate, ready, web, relay, scheduler):
         app.command()(command)

@@ -440,3 +440,19 @@ RETURNING id;
 -- One key (without its secret).
 SELECT id, name, prefix, scope, namespace, created_at, created_by, revoked_at, revoked_by
 FROM api_keys WHERE id = :id;
+
+-- user_relations --
+-- Tables, sequences and views outside the system schemas: a restore needs none (an empty database).
+SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'S', 'v', 'm')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast');
+
+-- user_tables --
+-- Tables outside the system schemas: the size of a dump's progress.
+SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast');
+
+-- server_version --
+-- The server's version number (like 180006), to name it when pg_dump is older.
+SELECT current_setting('server_version_num');
