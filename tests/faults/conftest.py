@@ -25,6 +25,7 @@ from dramatiq.brokers.redis import RedisBroker
 from neo4j import Driver
 from sqlalchemy import text
 
+from app.breakers import Breakers
 from app.db.connector import Database
 from app.domain import entity_key
 from app.outbox import Outbox
@@ -151,7 +152,9 @@ class Relays:
 
     def start(self, settings: Settings) -> Relay:
         broker = build_broker(settings)
-        relay = Relay(settings, Outbox(settings, self.db), ProjectionQueue(settings, broker))
+        outbox = Outbox(settings, self.db)
+        relay = Relay(settings, outbox, ProjectionQueue(settings, broker),
+                      Breakers(settings, self.db, outbox))
         thread = threading.Thread(target=relay.run, name="relay", daemon=True)
         thread.start()
         self.running.append(RelayRunner(relay, thread, broker))
