@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from app import queue
+from app.breakers import Breakers, BreakerStatus
 from app.db.connector import Database
 from app.db.migrations import code_heads
 from app.errors import MemoryPersistenceError, StoreError, StoreUnavailable
@@ -42,6 +43,7 @@ class Health:
     redis: Probe
     outbox: dict[str, Any] = field(default_factory=dict)
     dead_letters: int = 0
+    breakers: list[BreakerStatus] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -50,6 +52,7 @@ class Health:
                         for name, p in (("postgres", self.postgres), ("neo4j", self.neo4j),
                                         ("redis", self.redis))},
             "outbox": self.outbox, "dead_letters": self.dead_letters,
+            "breakers": {b.name: b.as_dict() for b in self.breakers},
         }
 
 
@@ -78,20 +81,22 @@ def _plain(row: dict[str, Any]) -> dict[str, Any]:
 class AdminService:
     """Health, readiness and the numbers an operator watches."""
 
-    def __init__(self, settings: Settings, db: Database, outbox: Outbox,
+    def __init__(self, settings: Settings, db: Database, outbox: Outbox, breakers: Breakers,
                  graph: Callable[[], GraphStore] | None = None) -> None:
         self.settings = settings
         self.db = db
         self.outbox = outbox
+        self.breakers = breakers
         # The graph is built on first use: commands that need Postgres only never start a
         # Neo4j driver.
         self._graph = graph
 
     def health(self) -> Health:
-        """Reachability and latency of each server, outbox backlog and lag, dead letters.
+        """Reachability and latency of each server, outbox backlog and lag, dead letters, and
+        the dependency breakers.
 
         ``down`` when Postgres is unreachable (writes fail); ``degraded`` when only Neo4j or
-        Redis is (writes still succeed, the graph lags).
+        Redis is, or a breaker is not closed (writes still succeed, the graph lags).
         """
         pg = _probe(self.db.ping)
         graph = self._graph
@@ -106,9 +111,15 @@ class AdminService:
             try:
                 health.outbox = dataclasses.asdict(self.outbox.stats())
                 health.dead_letters = self.outbox.dead_letter_counts().open
+                health.breakers = self.breakers.report()
             except MemoryPersistenceError as exc:
                 health.status = "down"
                 health.reasons.append(f"postgres query failed: {exc}")
+                return health
+            for b in health.breakers:
+                if not b.closed:
+                    health.reasons.append(breaker_reason(b))
+                    health.status = "degraded"
         return health
 
     def readiness(self) -> Readiness:
@@ -159,6 +170,14 @@ class AdminService:
             "graph": graph,
             "last_check": _plain(last) if last is not None else None,
         }
+
+
+def breaker_reason(b: BreakerStatus) -> str:
+    """One line naming an open breaker, since when, what it holds back and why."""
+    since = f" since {b.opened_at.isoformat(timespec='seconds')}" if b.opened_at else ""
+    what = "misconfigured" if b.state == "misconfigured" else f"breaker {b.state}"
+    return (f"{b.name} {what}{since}, {b.held} rows held: "
+            f"{(b.last_error or 'no error recorded')[:300]}")
 
 
 @functools.cache

@@ -4,7 +4,12 @@
     ├── ConfigError               a setting is missing or malformed (CLI exit 2)
     ├── Misconfigured             a server refuses our credentials or lacks our database
     │   ├── StoreMisconfigured    (also a StoreError)
-    │   └── GraphMisconfigured    (also a GraphError)
+    │   ├── GraphMisconfigured    (also a GraphError)
+    │   └── ExtractorMisconfigured  (also an ExtractionError): 401/403, no such model
+    ├── DependencyUnavailable     a dependency is out, not the row's fault (no attempt spent)
+    │   ├── GraphUnavailable      (also a GraphError)
+    │   └── ExtractorUnavailable  (also an ExtractionRetryable)
+    │       └── ExtractorRateLimited  429: slow down for ``retry_after`` seconds
     ├── ServiceError              a local development server could not start or stop
     ├── ValidationError           422 validation_error: input the caller must fix
     ├── IdempotencyConflict       422 idempotency_conflict: a key reused with another body
@@ -20,14 +25,20 @@
     ├── StoreError                500: Postgres failed
     │   └── StoreUnavailable      503 store_unavailable: cannot reach Postgres (retryable)
     ├── GraphError                500: Neo4j failed
-    │   └── GraphUnavailable      503 unavailable: unreachable or transient (retryable)
+    │   ├── GraphUnavailable      503 unavailable: unreachable, restarting, failing over
+    │   └── GraphConflict         503 unavailable: a deadlock or a race with another batch
     ├── QueueError                503 unavailable: Redis / Dramatiq failed (retryable)
     ├── EmbeddingError            503 embedding_unavailable: the embedder failed (retryable)
     └── ExtractionError           the extractor failed on this content (a poison event)
-        └── ExtractionRetryable   may pass on a later try (a timeout, a malformed answer)
+        └── ExtractionRetryable   may pass on a later try (a malformed answer)
 
 Each class carries its HTTP ``status`` and ``code``; ``public`` is the fixed message an HTTP
 answer shows instead of ``str(exc)`` where the text may hold internals (driver messages).
+
+The projection sorts failures in two: a ``Misconfigured`` or ``DependencyUnavailable`` error is
+an outage of a dependency (it feeds that dependency's circuit breaker, ``app.breakers``, and the
+row goes back without spending an attempt); any other error is a failure of the row (it spends
+an attempt, and the last one leaves a dead letter).
 """
 
 from __future__ import annotations
@@ -59,6 +70,13 @@ class Misconfigured(MemoryPersistenceError):
 
     Not an outage: retrying cannot help until an operator fixes a setting.
     """
+
+
+class DependencyUnavailable(MemoryPersistenceError):
+    """A dependency (Neo4j, the extractor's endpoint) is unreachable, timing out, overloaded or
+    rate limiting: an outage of the dependency, not a failure of the work asked of it."""
+
+    retryable = True
 
 
 class ServiceError(MemoryPersistenceError):
@@ -185,8 +203,20 @@ class GraphError(MemoryPersistenceError):
     """Neo4j failed."""
 
 
-class GraphUnavailable(GraphError):
-    """Neo4j is unreachable or answered with a transient error (deadlock, leader switch)."""
+class GraphUnavailable(GraphError, DependencyUnavailable):
+    """Neo4j is unreachable, restarting, or has no writable leader (a failover)."""
+
+    status = 503
+    code = "unavailable"
+    public = "a backend is unavailable; retry"
+    retryable = True
+
+
+class GraphConflict(GraphError):
+    """A transient conflict of this transaction with another (a deadlock, an entity race).
+
+    Retrying clears it, but it is about the work, not an outage: the row spends an attempt.
+    """
 
     status = 503
     code = "unavailable"
@@ -224,3 +254,26 @@ class ExtractionRetryable(ExtractionError):
     """The extractor failed in a way that may pass on a later try."""
 
     retryable = True
+
+
+class ExtractorUnavailable(ExtractionRetryable, DependencyUnavailable):
+    """The extractor's endpoint is unreachable, timed out or answered 5xx/408."""
+
+
+class ExtractorRateLimited(ExtractorUnavailable):
+    """The endpoint asked us to slow down (429), or we still wait out its last Retry-After.
+
+    ``retry_after`` is how many seconds to wait; ``asked`` is False when the endpoint was not
+    contacted this time (the process still honours an earlier answer), so it is no new
+    evidence against the endpoint.
+    """
+
+    def __init__(self, message: str, retry_after: float, *, asked: bool = True) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.asked = asked
+
+
+class ExtractorMisconfigured(ExtractionError, Misconfigured):
+    """The extractor's endpoint rejects our credentials (401/403), lacks our model, or our
+    account has no quota left: nothing passes until an operator fixes a setting."""

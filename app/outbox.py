@@ -5,10 +5,19 @@ A row's life (DESIGN invariants 1, 2, 5)::
     emit ──> pending ──claim──> in_flight ──mark_done──> done ──prune──> (gone)
                ▲  ▲                 │
                │  └─record_failure──┤   attempts + 1, next attempt after backoff
-               │  └─reclaim─────────┘   the lease ran out (worker lost, message lost)
+               │  └─reclaim─────────┤   the lease ran out (worker lost, message lost)
+               │  └─release─────────┘   a dependency is out: no attempt counted
                │                    │
                └──────replay─── dead ◄── the last attempt failed: a dead letter is written
                                     └──discard──> the dead letter is closed with a reason
+
+    pending ──hold──> pending, held by a breaker ──release_held (the breaker closed)──> due now
+
+A row the projection could not finish because a dependency (Neo4j, the extractor) is out is
+*released*: back to pending with its attempts unchanged. While that dependency's breaker is open
+the row is *held*: ``held_by`` names the breaker, claims pass it by, and it becomes due at its
+creation time (oldest first) when the breaker closes. Only failures of the row itself spend
+attempts and can make dead letters.
 
 ``emit`` runs inside the caller's transaction, so a memory change and its event commit together
 or not at all. Every other transition is a method here and a named statement in
@@ -37,6 +46,8 @@ log = logging.getLogger(__name__)
 CHANNEL = "memctl_outbox"  # NOTIFY wakes idle relays; Postgres sends it only on commit
 DeadStatus = Literal["dead", "replayed", "discarded"]
 LEASE_LOST = "lease expired before the projection finished (worker lost or message lost)"
+LEASE_LOST_IN_OUTAGE = ("lease expired while the {breaker} breaker was open: held without an "
+                        "attempt until it closes")
 
 
 @dataclass(frozen=True)
@@ -49,12 +60,14 @@ class WorkItem:
     event_type: EventType
     attempts: int
     state: MemoryState
+    lease_left: float | None = None  # seconds of lease left when the worker read the row
 
 
 @dataclass(frozen=True)
 class Reclaimed:
     reclaimed: int
     dead: int
+    held: int = 0  # reclaimed during an outage: no attempt counted
 
 
 @dataclass(frozen=True)
@@ -126,6 +139,7 @@ class OutboxStats:
     dead: int
     expired_leases: int
     lag_seconds: float  # age of the oldest open (pending or in-flight) row
+    held: int = 0  # pending rows a dependency's breaker holds back
 
 
 @dataclass(frozen=True)
@@ -133,6 +147,12 @@ class DeadLetterCounts:
     open: int
     replayed: int
     discarded: int
+
+
+def _holds(tx: Tx, breaker: str) -> bool:
+    """Whether ``breaker`` is open (not closed), locking its state for the transaction."""
+    state = tx.scalar("breaker_lock", {"name": breaker})
+    return state is not None and state != "closed"
 
 
 def _json_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -182,18 +202,59 @@ class Outbox:
                                         "lease_seconds": self.settings.lease_seconds})
             yield [int(r["id"]) for r in rows]
 
-    def reclaim_expired(self, limit: int = 1000) -> Reclaimed:
-        """In-flight rows whose lease ran out count an attempt and are due again (or dead)."""
+    def reclaim_expired(self, limit: int = 1000, hold_for: str | None = None) -> Reclaimed:
+        """In-flight rows whose lease ran out count an attempt and are due again (or dead).
+
+        With ``hold_for`` naming a breaker that is still open, the outage is to blame (a worker
+        blocked on the dependency): the rows go back without an attempt, held by it.
+        """
         with self.db.transaction() as tx:
-            rows = tx.all("reclaim_expired", {
-                "limit": limit, "max_attempts": self.settings.retry_max_attempts,
-                "error": LEASE_LOST})
-            dead = [int(r["id"]) for r in rows if r["status"] == "dead"]
-            self._write_dead_letters(tx, dead)
+            if hold_for is not None and _holds(tx, hold_for):
+                rows = tx.all("reclaim_expired_held", {
+                    "limit": limit, "breaker": hold_for,
+                    "error": LEASE_LOST_IN_OUTAGE.format(breaker=hold_for)})
+                result = Reclaimed(len(rows), 0, len(rows))
+            else:
+                rows = tx.all("reclaim_expired", {
+                    "limit": limit, "max_attempts": self.settings.retry_max_attempts,
+                    "error": LEASE_LOST})
+                dead = [int(r["id"]) for r in rows if r["status"] == "dead"]
+                self._write_dead_letters(tx, dead)
+                result = Reclaimed(len(rows), len(dead))
         if rows:
             log.warning("reclaimed expired leases", extra={
-                "action": "outbox.reclaim", "rows": len(rows), "dead": len(dead)})
-        return Reclaimed(len(rows), len(dead))
+                "action": "outbox.reclaim", "rows": result.reclaimed, "dead": result.dead,
+                "held": result.held})
+        return result
+
+    def hold_needing_extraction(self, breaker: str, limit: int = 1000) -> int:
+        """While ``breaker`` (the extractor's) is open, hold due rows that need an extraction.
+
+        The relay calls this before claiming, so it sends only rows that need the graph alone.
+        """
+        with self.db.transaction() as tx:
+            if not _holds(tx, breaker):
+                return 0
+            return tx.execute("hold_due_needing_extraction", {"breaker": breaker,
+                                                              "limit": limit})
+
+    def release_held(self, tx: Tx, breaker: str) -> int:
+        """``breaker`` closes in ``tx``: every row it held is due at once, oldest first."""
+        released = tx.execute("release_held", {"breaker": breaker})
+        if released:
+            tx.execute("notify_outbox", {"channel": CHANNEL})
+        return released
+
+    def release_stray_holds(self) -> int:
+        """Rows held by a breaker that is closed become due (a safety net; normally none)."""
+        with self.db.transaction() as tx:
+            released = tx.execute("release_stray_holds")
+            if released:
+                tx.execute("notify_outbox", {"channel": CHANNEL})
+        if released:
+            log.warning("released stray holds", extra={"action": "outbox.release_stray",
+                                                       "rows": released})
+        return released
 
     def listener(self) -> AbstractContextManager[Listener]:
         """A ``Listener`` woken by every commit that emits (or replays, or queues resyncs)."""
@@ -205,7 +266,9 @@ class Outbox:
         """The open rows among these, each with its memory's current state."""
         rows = self.db.all("outbox_rows_for_work", {"ids": list(outbox_ids)})
         return [WorkItem(int(r["outbox_id"]), r["memory_id"], r["user_id"], r["event_type"],
-                         int(r["attempts"]), MemoryState.from_row(r)) for r in rows]
+                         int(r["attempts"]), MemoryState.from_row(r),
+                         None if r["lease_left"] is None else float(r["lease_left"]))
+                for r in rows]
 
     def mark_done(self, projected: Sequence[tuple[str, int]]) -> None:
         """The graph has (memory id, version): every open row up to that version is done."""
@@ -238,6 +301,24 @@ class Outbox:
                     dead.append(item.outbox_id)
             self._write_dead_letters(tx, dead)
         return Failed(failed, dead)
+
+    def release(self, items: Sequence[WorkItem], error: str, *, breaker: str | None,
+                delay: float = 0.0) -> bool:
+        """Send rows back to pending without counting an attempt: their dependency is out.
+
+        While ``breaker`` is open (checked under a lock, so a breaker closing meanwhile cannot
+        strand them) the rows are held until it closes; otherwise, and without a breaker, they
+        are due again after ``delay`` seconds. Returns whether they are held.
+        """
+        if not items:
+            return False
+        with self.db.transaction() as tx:
+            held = breaker is not None and _holds(tx, breaker)
+            tx.execute("release_rows", {
+                "ids": [i.outbox_id for i in items], "error": error[:4000],
+                "held_by": breaker if held else None,
+                "delay_seconds": 0.0 if held else max(0.0, delay)})
+        return held
 
     def _write_dead_letters(self, tx: Tx, outbox_ids: list[int]) -> None:
         """The one place a dead row becomes a dead letter."""
@@ -340,7 +421,7 @@ class Outbox:
         assert r is not None
         return OutboxStats(int(r["pending"]), int(r["in_flight"]), int(r["done"]),
                            int(r["dead"]), int(r["expired_leases"]),
-                           round(float(r["oldest_open_seconds"]), 3))
+                           round(float(r["oldest_open_seconds"]), 3), int(r["held"]))
 
     def dead_letter_counts(self) -> DeadLetterCounts:
         r = self.db.one("dead_letter_stats")

@@ -5,6 +5,11 @@ commits. A crash between sending and committing rolls the claim back, so the row
 duplicates, never loss. Rows whose lease runs out (worker killed, Redis flushed) are reclaimed
 and sent again. It sleeps on LISTEN/NOTIFY, with polling as a fallback, so an idle system reacts
 in milliseconds without busy polling. Several relays may run at once.
+
+While a dependency's breaker is open (``app.breakers``) the relay holds dispatch: nothing while
+the graph's is open (every row needs the graph); while the extractor's is, only rows that need
+no fresh extraction are sent, and the others are held until it closes. A breaker closing makes
+its held rows due and wakes the relay (NOTIFY), which then drains the backlog oldest first.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from app.breakers import EXTRACTOR, GRAPH, Breakers
 from app.errors import QueueError, StoreError
 from app.outbox import Outbox
 from app.queue import ProjectionQueue
@@ -29,22 +35,45 @@ class RelayStats:
     reclaimed: int = 0
     dead: int = 0
     errors: int = 0
+    held: int = 0  # rows held for the extractor's breaker
 
 
 class Relay:
     """Claims due outbox rows and sends them, in batches of WORKER_BATCH_SIZE per message."""
 
-    def __init__(self, settings: Settings, outbox: Outbox, queue: ProjectionQueue) -> None:
+    def __init__(self, settings: Settings, outbox: Outbox, queue: ProjectionQueue,
+                 breakers: Breakers) -> None:
         self.settings = settings
         self.outbox = outbox
         self.queue = queue
+        self.breakers = breakers
         self.stop_event = threading.Event()
         self.stats = RelayStats()
         self._last_reclaim = 0.0
+        self._holding: frozenset[str] = frozenset()
+
+    def _held_back(self) -> frozenset[str]:
+        """The breakers holding dispatch now; logs when that changes."""
+        holding = frozenset(self.breakers.holding())
+        if holding != self._holding:
+            (log.warning if holding else log.info)(
+                "dispatch held" if holding else "dispatch resumed",
+                extra={"action": "relay.hold", "breakers": ",".join(sorted(holding)) or "-"})
+            self._holding = holding
+        return holding
 
     def dispatch_once(self) -> int:
         """Claim one batch, send it, commit; returns the rows dispatched."""
         size = self.settings.worker_batch_size
+        holding = self._held_back()
+        if GRAPH in holding:
+            return 0
+        while EXTRACTOR in holding and not self.stop_event.is_set():
+            held = self.outbox.hold_needing_extraction(EXTRACTOR,
+                                                       self.settings.relay_batch_size)
+            self.stats.held += held
+            if held < self.settings.relay_batch_size:
+                break
         try:
             with self.outbox.claim(self.settings.relay_batch_size) as ids:
                 for i in range(0, len(ids), size):
@@ -78,9 +107,10 @@ class Relay:
         now = time.monotonic()
         if now - self._last_reclaim >= interval:
             self._last_reclaim = now
-            reclaimed = self.outbox.reclaim_expired()
+            reclaimed = self.outbox.reclaim_expired(hold_for=self.breakers.blocking())
             self.stats.reclaimed += reclaimed.reclaimed
             self.stats.dead += reclaimed.dead
+            self.outbox.release_stray_holds()
 
     def run(self) -> None:
         """Loop until ``stop()``: drain, reclaim, then sleep on NOTIFY or the poll interval."""

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from app.breakers import Breakers
 from app.consistency import Consistency
 from app.db.connector import Database
 from app.errors import MemoryPersistenceError
@@ -83,11 +84,18 @@ class Scheduler:
 
 
 def default_tasks(settings: Settings, outbox: Outbox, consistency: Consistency,
-                  memories: MemoryService, check: bool = True) -> list[Task]:
-    """Reclaim, pruning and (with ``check``) the periodic consistency check."""
+                  memories: MemoryService, breakers: Breakers,
+                  check: bool = True) -> list[Task]:
+    """Reclaim, pruning and (with ``check``) the periodic consistency check.
+
+    Leases that run out while a breaker is open are blamed on the outage (no attempt).
+    """
+    def reclaim() -> dict[str, int]:
+        result = outbox.reclaim_expired(hold_for=breakers.blocking()).__dict__
+        return {**result, "stray_holds": outbox.release_stray_holds()}
+
     tasks = [
-        Task("reclaim", settings.reclaim_interval_seconds,
-             lambda: outbox.reclaim_expired().__dict__),
+        Task("reclaim", settings.reclaim_interval_seconds, reclaim),
         Task("prune_outbox", 3600.0, outbox.prune_done),
         Task("prune_tombstones", 3600.0, consistency.prune_tombstones),
         Task("prune_idempotency_keys", 3600.0, memories.prune_idempotency_keys),

@@ -94,6 +94,14 @@ class Settings(BaseSettings):
     retry_cap_seconds: float = Field(300.0, gt=0)
     retry_max_attempts: int = Field(8, ge=1, le=100)
 
+    # Dependency circuit breakers (app/breakers.py): consecutive dependency failures that open
+    # one, how often an open one is probed, a misconfigured one (refused credentials or model)
+    # too, and how long a process trusts its cached view of them.
+    breaker_failure_threshold: int = Field(5, ge=1, le=1000)
+    breaker_probe_seconds: float = Field(5.0, gt=0)
+    breaker_misconfigured_probe_seconds: float = Field(60.0, gt=0)
+    breaker_cache_seconds: float = Field(1.0, ge=0, le=60)
+
     # Scheduler
     check_interval_seconds: float = Field(300.0, gt=0)
     reclaim_interval_seconds: float = Field(15.0, gt=0)

@@ -14,11 +14,12 @@ from typing import Any, TypeVar
 
 from app.admin import AdminService
 from app.backup import Backups
+from app.breakers import EXTRACTOR, GRAPH, Breakers, Prober
 from app.consistency import Consistency
 from app.db.connector import Database
 from app.domain import Extraction
 from app.embeddings import Embedder, make_embedder
-from app.extraction import Extractor, make_extractor
+from app.extraction import Extractor, Probed, make_extractor
 from app.graph.base import GraphStore
 from app.graph.neo4j import Neo4jGraph
 from app.keys import ApiKeys
@@ -81,12 +82,17 @@ class Services:
         return ApiKeys(self.settings, self.db)
 
     @cached_property
+    def breakers(self) -> Breakers:
+        return Breakers(self.settings, self.db, self.outbox)
+
+    @cached_property
     def memories(self) -> MemoryService:
         return MemoryService(self.settings, self.db, self.outbox, self.embedder)
 
     @cached_property
     def admin(self) -> AdminService:
-        return AdminService(self.settings, self.db, self.outbox, lambda: self.graph)
+        return AdminService(self.settings, self.db, self.outbox, self.breakers,
+                            lambda: self.graph)
 
     @cached_property
     def backups(self) -> Backups:
@@ -100,14 +106,24 @@ class Services:
 
     @cached_property
     def projector(self) -> Projector:
-        return Projector(self.db, self.outbox, self.graph, self.extractor)
+        return Projector(self.db, self.outbox, self.graph, self.extractor, self.breakers,
+                         retry_delay=self.settings.breaker_probe_seconds)
+
+    def prober(self) -> Prober:
+        """Probes of the open breakers, with this process's graph and extractor."""
+        extractor = self.extractor
+        return Prober(self.breakers, {
+            GRAPH: self.graph.ping,
+            # An extractor without a remote endpoint (the rules) has nothing to be out.
+            EXTRACTOR: extractor.probe if isinstance(extractor, Probed) else lambda: None,
+        })
 
     def relay(self) -> Relay:
-        return Relay(self.settings, self.outbox, self.queue)
+        return Relay(self.settings, self.outbox, self.queue, self.breakers)
 
     def scheduler(self) -> Scheduler:
         return Scheduler(self.db, default_tasks(self.settings, self.outbox, self.consistency,
-                                                self.memories))
+                                                self.memories, self.breakers))
 
     def close(self) -> None:
         """Close what this object built (not what it was given)."""

@@ -2,16 +2,20 @@
 
 Dramatiq imports this module in each worker process, so this is the one place a worker reads
 its settings. The projector (engine, Neo4j driver, extractor) is built lazily per process, after
-Dramatiq has started it, and shared by that process's threads.
+Dramatiq has started it, and shared by that process's threads. Each worker process also runs the
+breakers' prober (``app.breakers.Prober``) from boot to shutdown: while a breaker is open the
+relay sends no work, so probing cannot wait for a message.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 import dramatiq
 
+from app.breakers import Prober
 from app.logs import configure_logging
 from app.projector import Projector
 from app.queue import build_broker, declare_project_actor
@@ -29,8 +33,8 @@ _lock = threading.Lock()
 _services: Services | None = None
 
 
-def projector() -> Projector:
-    """This process's projector, built on first use and shared by its threads."""
+def services() -> Services:
+    """This process's parts, built on first use and shared by its threads."""
     global _services
     with _lock:
         if _services is None:
@@ -39,7 +43,34 @@ def projector() -> Projector:
                 _services.graph.ensure_schema()
             except Exception:
                 log.warning("graph schema not ensured yet (Neo4j down?)", exc_info=True)
-        return _services.projector
+        return _services
+
+
+def projector() -> Projector:
+    """This process's projector."""
+    return services().projector
+
+
+class BreakerProbes(dramatiq.Middleware):
+    """Runs the breakers' prober in each worker process, from boot to shutdown."""
+
+    def __init__(self) -> None:
+        self.prober: Prober | None = None
+
+    def after_worker_boot(self, broker: Any, worker: Any) -> None:
+        parts = services()
+        try:
+            # This worker may carry a fixed setting: probe misconfigured breakers now.
+            parts.breakers.reprobe_misconfigured()
+        except Exception:
+            log.warning("could not ask for a probe (Postgres down?)", exc_info=True,
+                        extra={"action": "worker.reprobe"})
+        self.prober = parts.prober()
+        self.prober.start()
+
+    def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
+        if self.prober is not None:
+            self.prober.stop()
 
 
 def project_outbox(outbox_ids: list[int]) -> None:
@@ -50,3 +81,4 @@ def project_outbox(outbox_ids: list[int]) -> None:
 
 
 project_actor = declare_project_actor(broker, settings, project_outbox)
+broker.add_middleware(BreakerProbes())

@@ -191,6 +191,9 @@ class OutboxStats(BaseModel):
     dead: int
     expired_leases: int = Field(description="In-flight rows whose lease ran out.")
     lag_seconds: float = Field(description="Age of the oldest open (pending or in-flight) row.")
+    held: int = Field(default=0, description=(
+        "Pending rows a dependency's breaker holds back (no attempt spent); due when it "
+        "closes."))
 
 
 class MemoryCounts(BaseModel):
@@ -237,15 +240,39 @@ class ServerProbe(BaseModel):
     error: str | None = Field(description="Why the server is unreachable.")
 
 
+class BreakerReport(BaseModel):
+    """A dependency's circuit breaker: while it is not `closed`, workers do not call the
+    dependency, the relay holds the work that needs it, and rows wait without spending
+    attempts."""
+
+    name: str = Field(description="`graph` (Neo4j) or `extractor` (the entity extractor).")
+    state: Literal["closed", "open", "half_open", "misconfigured"] = Field(description=(
+        "`open` after consecutive outages (unreachable, timeouts, 5xx, 429); `half_open` "
+        "while a probe is out; `misconfigured` when the dependency refuses our credentials, "
+        "model or database: fix the setting and restart the workers."))
+    consecutive_failures: int
+    opened_at: datetime | None = Field(description="When it opened; null while closed.")
+    last_error: str | None = Field(description="The last dependency failure (kept after it "
+                                               "closes).")
+    last_failure_at: datetime | None
+    next_probe_at: datetime | None = Field(description="When a worker probes it next.")
+    updated_at: datetime | None
+    held: int = Field(description="Outbox rows it holds back.")
+
+
 class HealthReport(BaseModel):
-    """`ok`; `degraded` when only Neo4j or Redis is down (writes are still accepted, the graph
-    lags); `down` (HTTP 503) when Postgres is."""
+    """`ok`; `degraded` when only Neo4j or Redis is down or a dependency's breaker is not
+    closed (writes are still accepted, the graph lags); `down` (HTTP 503) when Postgres is."""
 
     status: Literal["ok", "degraded", "down"]
-    reasons: list[str] = Field(description="One line per unreachable server, naming it.")
+    reasons: list[str] = Field(description=(
+        "One line per unreachable server or breaker that is not closed, naming it."))
     servers: dict[str, ServerProbe] = Field(description="`postgres`, `neo4j` and `redis`.")
     outbox: OutboxStats | None = Field(description="Null when Postgres is down.")
     dead_letters: int = Field(description="Open dead letters.")
+    breakers: dict[str, BreakerReport] = Field(default_factory=dict, description=(
+        "The dependency breakers by name (`graph`, `extractor`); empty when Postgres is "
+        "down."))
 
 
 DeadStatus = Literal["dead", "replayed", "discarded"]

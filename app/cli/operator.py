@@ -320,7 +320,10 @@ def graph(
 
 
 def health(as_json: JsonOpt = False) -> None:
-    """Reachability of Postgres, Neo4j and Redis; exit 0 ok, 1 degraded, 3 down."""
+    """Servers, dependency breakers and the outbox; exit 0 ok, 1 degraded, 3 down.
+
+    Degraded: Neo4j or Redis unreachable, or a breaker open or misconfigured.
+    """
     with services() as parts:
         report = parts.admin.health().as_dict()
     if as_json:
@@ -332,11 +335,23 @@ def health(as_json: JsonOpt = False) -> None:
             latency = f"{probe['latency_ms']} ms" if probe["latency_ms"] is not None else "-"
             table.add_row(name, state, latency, short(probe["error"], 70))
         console.print(table)
+        if report["breakers"]:
+            breakers = Table("breaker", "state", "since", "held", "last error",
+                             title="dependency breakers")
+            for name, b in report["breakers"].items():
+                color = "green" if b["state"] == "closed" else "red"
+                breakers.add_row(name, f"[{color}]{b['state']}[/]",
+                                 str(b["opened_at"] or "-")[:19], str(b["held"]),
+                                 short(b["last_error"], 70) if b["state"] != "closed" else "")
+            console.print(breakers)
         if report["outbox"]:
             outbox = report["outbox"]
-            console.print(f"outbox: {outbox['pending']} pending, {outbox['in_flight']} in "
-                          f"flight, {outbox['dead']} dead, lag {outbox['lag_seconds']}s; "
-                          f"{report['dead_letters']} open dead letters")
+            console.print(f"outbox: {outbox['pending']} pending ({outbox['held']} held by "
+                          f"breakers), {outbox['in_flight']} in flight, {outbox['dead']} dead, "
+                          f"lag {outbox['lag_seconds']}s; {report['dead_letters']} open dead "
+                          "letters")
+        for reason in report["reasons"]:
+            console.print(f"- {escape(reason)}", soft_wrap=True)
         color = {"ok": "green", "degraded": "yellow", "down": "red"}[report["status"]]
         console.print(f"[{color}]{report['status']}[/]")
     raise typer.Exit({"ok": 0, "degraded": 1, "down": EXIT_UNREACHABLE}[report["status"]])

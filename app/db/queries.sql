@@ -132,10 +132,11 @@ SELECT pg_advisory_xact_lock(hashtextextended(:scope || chr(31) || :user_id || c
                                               0));
 
 -- claim_due --
--- Lease a batch of due pending rows to this relay; other relays skip the locked ones.
+-- Lease a batch of due pending rows to this relay; other relays skip the locked ones. Rows a
+-- breaker holds are not due (outbox_pending_due leaves them out).
 WITH due AS (
     SELECT id FROM outbox
-    WHERE status = 'pending' AND next_attempt_at <= now()
+    WHERE status = 'pending' AND held_by IS NULL AND next_attempt_at <= now()
     ORDER BY next_attempt_at, id
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
@@ -145,6 +146,23 @@ SET status = 'in_flight', lease_expires_at = now() + make_interval(secs => :leas
     updated_at = now()
 FROM due WHERE o.id = due.id
 RETURNING o.id, o.memory_id, o.user_id, o.memory_version, o.event_type;
+
+-- hold_due_needing_extraction --
+-- While the extractor's breaker is open: due rows whose memory needs a fresh extraction wait
+-- for it (held), so claims pass them by; deleted memories and current caches need only the graph.
+WITH due AS (
+    SELECT o.id FROM outbox o
+    JOIN memories m ON m.id = o.memory_id
+    WHERE o.status = 'pending' AND o.held_by IS NULL AND o.next_attempt_at <= now()
+      AND m.deleted_at IS NULL
+      AND (m.entities IS NULL OR m.extracted_hash IS DISTINCT FROM m.content_hash)
+    ORDER BY o.next_attempt_at, o.id
+    LIMIT :limit
+    FOR UPDATE OF o SKIP LOCKED
+)
+UPDATE outbox o
+SET held_by = :breaker, updated_at = now()
+FROM due WHERE o.id = due.id;
 
 -- reclaim_expired --
 -- In-flight rows whose lease ran out (worker killed, message lost) count an attempt and go back
@@ -168,11 +186,27 @@ SET attempts = o.attempts + 1,
 FROM expired WHERE o.id = expired.id
 RETURNING o.id, o.status;
 
+-- reclaim_expired_held --
+-- In-flight rows whose lease ran out while a dependency's breaker is open: the outage, not the
+-- row, is to blame, so they go back without an attempt and wait for the breaker to close.
+WITH expired AS (
+    SELECT id FROM outbox
+    WHERE status = 'in_flight' AND lease_expires_at <= now()
+    ORDER BY lease_expires_at
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE outbox o
+SET status = 'pending', held_by = :breaker, lease_expires_at = NULL,
+    last_error = CAST(:error AS text), updated_at = now()
+FROM expired WHERE o.id = expired.id
+RETURNING o.id, o.status;
+
 -- outbox_rows_for_work --
 -- The rows a worker was sent, with their memory's current state; skips finished rows.
 -- (outbox.memory_id cascades on delete, so every row still has its memory.)
 SELECT o.id AS outbox_id, o.memory_id, o.user_id, o.memory_version, o.event_type, o.status,
-       o.attempts,
+       o.attempts, EXTRACT(EPOCH FROM o.lease_expires_at - now()) AS lease_left,
        m.content, m.metadata, m.importance, m.version, m.content_hash, m.entities, m.extractor,
        m.extracted_hash, m.deleted_at, m.user_id AS memory_user_id
 FROM outbox o
@@ -200,12 +234,34 @@ SET attempts = attempts + 1,
     status = CASE WHEN attempts + 1 >= :max_attempts THEN 'dead' ELSE 'pending' END,
     next_attempt_at = now() + make_interval(secs => :delay_seconds),
     lease_expires_at = NULL,
+    held_by = NULL,
     last_error = CAST(:error AS text),
     errors = errors || jsonb_build_object('attempt', attempts + 1, 'at', now(),
                                           'error', CAST(:error AS text)),
     updated_at = now()
 WHERE id = :id AND status IN ('pending', 'in_flight')
 RETURNING id, status, attempts;
+
+-- release_rows --
+-- Back to pending without counting an attempt (a dependency's outage, not the row's fault):
+-- held by a breaker until it closes, or (held_by NULL) due again after :delay_seconds.
+UPDATE outbox
+SET status = 'pending', lease_expires_at = NULL, held_by = CAST(:held_by AS text),
+    next_attempt_at = now() + make_interval(secs => :delay_seconds),
+    last_error = CAST(:error AS text), updated_at = now()
+WHERE id = ANY(:ids) AND status IN ('pending', 'in_flight');
+
+-- release_held --
+-- A breaker closed: the rows it held are due at once, oldest first (due at their creation).
+UPDATE outbox SET held_by = NULL, next_attempt_at = created_at, updated_at = now()
+WHERE held_by = :breaker AND status = 'pending';
+
+-- release_stray_holds --
+-- Safety net: rows held by a breaker that is closed (or unknown) are due at once.
+UPDATE outbox o SET held_by = NULL, next_attempt_at = o.created_at, updated_at = now()
+WHERE o.status = 'pending' AND o.held_by IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM dependency_breakers b
+                  WHERE b.name = o.held_by AND b.state <> 'closed');
 
 -- insert_dead_letter --
 -- The durable record of a row that ran out of attempts.
@@ -309,14 +365,15 @@ ORDER BY m.id
 LIMIT :limit;
 
 -- outbox_stats --
--- Outbox rows per status and the age of the oldest due row (the projection lag).
+-- Outbox rows per status, rows held by breakers and the age of the oldest open row (the lag).
 SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
        count(*) FILTER (WHERE status = 'in_flight') AS in_flight,
        count(*) FILTER (WHERE status = 'done') AS done,
        count(*) FILTER (WHERE status = 'dead') AS dead,
        COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)
                 FILTER (WHERE status IN ('pending', 'in_flight'))), 0) AS oldest_open_seconds,
-       count(*) FILTER (WHERE status = 'in_flight' AND lease_expires_at < now()) AS expired_leases
+       count(*) FILTER (WHERE status = 'in_flight' AND lease_expires_at < now()) AS expired_leases,
+       count(*) FILTER (WHERE status = 'pending' AND held_by IS NOT NULL) AS held
 FROM outbox;
 
 -- dead_letter_stats --
@@ -355,6 +412,67 @@ LIMIT :limit;
 SELECT id, outbox_id, memory_id, user_id, event_type, memory_version, attempts, last_error,
        errors, status, created_at, resolved_at, resolved_by, resolution_note
 FROM dead_letters WHERE id = :id;
+
+-- breaker_states --
+-- Every dependency breaker (callers cache this briefly).
+SELECT name, state, consecutive_failures, opened_at, last_error, last_failure_at, next_probe_at,
+       updated_at
+FROM dependency_breakers ORDER BY name;
+
+-- breaker_held_counts --
+-- Outbox rows each breaker holds back.
+SELECT held_by AS name, count(*) AS held FROM outbox
+WHERE status = 'pending' AND held_by IS NOT NULL GROUP BY held_by;
+
+-- breaker_ensure --
+-- The breaker's row, created closed if missing (the migration creates the known ones).
+INSERT INTO dependency_breakers (name) VALUES (:name) ON CONFLICT (name) DO NOTHING;
+
+-- breaker_lock --
+-- One breaker's state, kept from changing until the transaction ends: a hold and a close of the
+-- same breaker take turns, so no row is held by a breaker that closed meanwhile.
+SELECT state FROM dependency_breakers WHERE name = :name FOR SHARE;
+
+-- breaker_failure --
+-- One dependency failure: count it and keep its error; the breaker opens at the threshold (or at
+-- once for a misconfiguration) and, once open, stays so with the next probe after :probe_seconds.
+UPDATE dependency_breakers b
+SET consecutive_failures = b.consecutive_failures + 1,
+    state = CASE WHEN :misconfigured THEN 'misconfigured'
+                 WHEN b.state <> 'closed' OR b.consecutive_failures + 1 >= :threshold THEN 'open'
+                 ELSE 'closed' END,
+    opened_at = CASE WHEN :misconfigured OR b.state <> 'closed'
+                          OR b.consecutive_failures + 1 >= :threshold
+                     THEN coalesce(b.opened_at, now()) END,
+    next_probe_at = CASE WHEN :misconfigured OR b.state <> 'closed'
+                              OR b.consecutive_failures + 1 >= :threshold
+                         THEN now() + make_interval(secs => :probe_seconds) END,
+    last_error = CAST(:error AS text), last_failure_at = now(), updated_at = now()
+WHERE b.name = :name
+RETURNING name, state, consecutive_failures, opened_at, last_error, last_failure_at,
+          next_probe_at, updated_at;
+
+-- breaker_claim_probe --
+-- Take the due probe of a breaker that is not closed (half_open until it reports, or until
+-- :timeout_seconds pass, should the prober die); one prober wins.
+UPDATE dependency_breakers
+SET state = 'half_open', next_probe_at = now() + make_interval(secs => :timeout_seconds),
+    updated_at = now()
+WHERE name = :name AND state <> 'closed' AND next_probe_at <= now()
+RETURNING name;
+
+-- breaker_close --
+-- The dependency works: the breaker closes and forgets its failures (the last error stays).
+UPDATE dependency_breakers
+SET state = 'closed', consecutive_failures = 0, opened_at = NULL, next_probe_at = NULL,
+    updated_at = now()
+WHERE name = :name AND (state <> 'closed' OR consecutive_failures > 0)
+RETURNING name;
+
+-- breaker_reprobe_misconfigured --
+-- A worker started, perhaps with fixed settings: probe misconfigured breakers at once.
+UPDATE dependency_breakers SET next_probe_at = now(), updated_at = now()
+WHERE state = 'misconfigured';
 
 -- replay_dead_letters --
 -- Send dead letters back: their outbox rows return to pending with attempts reset, and each

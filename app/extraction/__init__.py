@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
-from app.extraction.base import ENTITY_TYPES, MAX_ENTITIES, MAX_RELATIONS, EntityType, Extractor
+from app.extraction.base import (
+    ENTITY_TYPES,
+    MAX_ENTITIES,
+    MAX_RELATIONS,
+    EntityType,
+    Extractor,
+    Probed,
+)
 from app.extraction.llm import SYSTEM_PROMPT, LLMExtractor
 from app.extraction.rules import RuleExtractor
 from app.settings import Settings
 
 
 def make_extractor(settings: Settings) -> Extractor:
-    """The extractor ``settings.extractor`` names."""
+    """The extractor ``settings.extractor`` names.
+
+    An LLM call never outlasts a quarter of the lease (a worker must finish its rows within
+    their lease), and a thread waits out at most a tenth of it (1 s at most) for a rate limit.
+    """
     if settings.extractor == "llm":
         return LLMExtractor(
             settings.llm_base_url,
             settings.llm_model,
             settings.llm_api_key,
-            settings.llm_timeout_seconds,
+            min(settings.llm_timeout_seconds, settings.lease_seconds / 4),
+            max_wait=min(1.0, settings.lease_seconds / 10),
         )
     return RuleExtractor()
 
@@ -28,6 +40,7 @@ __all__ = [
     "EntityType",
     "Extractor",
     "LLMExtractor",
+    "Probed",
     "RuleExtractor",
     "make_extractor",
 ]

@@ -6,7 +6,7 @@ identity whenever its output for the same text may change (new rules, new prompt
 
 from __future__ import annotations
 
-from typing import Literal, Protocol, get_args
+from typing import Literal, Protocol, get_args, runtime_checkable
 
 from app.domain import Extraction
 
@@ -37,4 +37,13 @@ class Extractor(Protocol):
 
     def extract(self, text: str) -> Extraction:
         """Entities and relations of ``text``; raises ExtractionError or ExtractionRetryable."""
+        ...
+
+
+@runtime_checkable
+class Probed(Protocol):
+    """An extractor that calls a remote endpoint, which its breaker can probe."""
+
+    def probe(self) -> None:
+        """Return when the endpoint answers and accepts our settings; raise like ``extract``."""
         ...

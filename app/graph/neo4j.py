@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
@@ -13,7 +14,13 @@ import neo4j.exceptions as nx
 from neo4j import GraphDatabase, ManagedTransaction
 
 from app import statements
-from app.errors import ConfigError, GraphError, GraphMisconfigured, GraphUnavailable
+from app.errors import (
+    ConfigError,
+    GraphConflict,
+    GraphError,
+    GraphMisconfigured,
+    GraphUnavailable,
+)
 from app.graph.base import (
     GraphCounts,
     GraphMemory,
@@ -40,22 +47,54 @@ def c(name: str) -> str:
 # Errors that a concurrent transaction can cause and a retry clears: an entity MERGEd by this
 # batch and deleted as an orphan by another batch that committed first.
 _RACE_CODES = ("Neo.ClientError.Statement.EntityNotFound",)
+# The server refuses us until someone changes a setting (or a permission).
+_MISCONFIGURED_CODES = ("Neo.ClientError.Database.DatabaseNotFound",
+                        "Neo.ClientError.Security.Forbidden")
 
 
 def convert(exc: Exception) -> GraphError:
-    """Map a driver error onto our tree; transient, connection and race errors are retryable.
+    """Map a driver error onto our tree.
 
-    A refused login or a wrong database is a configuration fault, not an outage.
+    - GraphMisconfigured: a refused login, a wrong database or a missing permission.
+    - GraphUnavailable (an outage of Neo4j, feeds its breaker): no connection, a restart, no
+      writable leader (a failover), a read-only database, a login rate limit.
+    - GraphConflict (the row's, spends an attempt): deadlocks and other transient errors of one
+      transaction, and the entity race; a retry clears them.
+    - GraphError: anything else (a constraint violation, a bad statement).
     """
     message = f"Neo4j {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
     code = getattr(exc, "code", None) or ""
-    if isinstance(exc, nx.AuthError | nx.ConfigurationError) \
-            or code == "Neo.ClientError.Database.DatabaseNotFound":
+    if isinstance(exc, nx.AuthError | nx.ConfigurationError) or code in _MISCONFIGURED_CODES:
         return GraphMisconfigured(message)
-    if isinstance(exc, nx.ServiceUnavailable | nx.SessionExpired | nx.TransientError
-                  | nx.DriverError | OSError) or code in _RACE_CODES:
+    if isinstance(exc, nx.DatabaseUnavailable | nx.NotALeader | nx.ForbiddenOnReadOnlyDatabase
+                  | nx.ServiceUnavailable | nx.SessionExpired | nx.ConnectionPoolError
+                  | OSError) or code == "Neo.ClientError.Security.AuthenticationRateLimit":
+        return GraphUnavailable(message)
+    if isinstance(exc, nx.TransientError) or code in _RACE_CODES:
+        return GraphConflict(message)
+    if isinstance(exc, nx.DriverError):  # the driver lost its footing: treat as unreachable
         return GraphUnavailable(message)
     return GraphError(message)
+
+
+@dataclass(frozen=True)
+class DriverTimeouts:
+    """Driver time bounds well inside a lease, so a worker never blocks past its rows' lease.
+
+    The driver's own retries stay short: the outbox row keeps the durable schedule, and the
+    breaker stops calls while Neo4j is out. A connect and a retrying transaction take at most
+    a tenth of the lease each (capped at 5 s), the wait for a pooled connection a fifth (capped
+    at 10 s): with the default 60 s lease, 5, 5 and 10 s.
+    """
+
+    connect: float
+    transaction_retry: float
+    acquisition: float
+
+    @classmethod
+    def for_lease(cls, lease_seconds: float) -> DriverTimeouts:
+        step = max(0.5, min(5.0, lease_seconds / 10))
+        return cls(step, step, max(1.0, min(10.0, lease_seconds / 5)))
 
 
 class Neo4jGraph:
@@ -63,15 +102,15 @@ class Neo4jGraph:
 
     def __init__(self, settings: Settings, *, driver: neo4j.Driver | None = None) -> None:
         self.database = settings.neo4j_database
+        bounds = DriverTimeouts.for_lease(settings.lease_seconds)
         try:
             self.driver = driver or GraphDatabase.driver(
                 settings.neo4j_uri,
                 auth=(settings.neo4j_user, settings.neo4j_password.get_secret_value()),
-                # Fail fast: the outbox row keeps the durable retry schedule, not the driver.
-                connection_timeout=5.0,
-                max_transaction_retry_time=5.0,
-                connection_acquisition_timeout=10.0,
                 max_connection_pool_size=50,
+                connection_timeout=bounds.connect,
+                max_transaction_retry_time=bounds.transaction_retry,
+                connection_acquisition_timeout=bounds.acquisition,
             )
         except (nx.ConfigurationError, ValueError) as exc:  # a malformed URI or auth
             raise ConfigError(f"NEO4J_URI: {exc}") from None

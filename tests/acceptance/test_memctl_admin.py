@@ -13,7 +13,9 @@ import pytest
 from neo4j import Driver
 from sqlalchemy import text
 
+from app.breakers import Breakers
 from app.db.connector import Database
+from app.errors import GraphUnavailable
 from app.graph.neo4j import Neo4jGraph
 from app.outbox import Outbox
 from app.projector import Projector
@@ -187,6 +189,24 @@ def test_health_and_outbox_stats(memctl: Memctl) -> None:
     no_graph = memctl("sync", "check", NEO4J_URI=f"bolt://127.0.0.1:{free_port()}")
     assert no_graph.returncode == 3
     assert "Neo4j ServiceUnavailable" in no_graph.stderr
+
+
+def test_health_shows_an_open_breaker_and_exits_1(memctl: Memctl, settings: Settings,
+                                                 db: Database) -> None:
+    breakers = Breakers(settings, db, Outbox(settings, db))
+    for _ in range(settings.breaker_failure_threshold):
+        breakers.failed("graph", GraphUnavailable("Neo4j ServiceUnavailable: refused"))
+    health = memctl.json("health", code=1)
+    assert health["status"] == "degraded"
+    assert health["reasons"][0].startswith("graph breaker open since ")
+    graph = health["breakers"]["graph"]
+    assert graph["state"] == "open" and graph["opened_at"]
+    assert graph["consecutive_failures"] == settings.breaker_failure_threshold
+    assert "ServiceUnavailable" in graph["last_error"]
+    text = memctl("health")
+    assert text.returncode == 1
+    assert "dependency breakers" in text.stdout and "open" in text.stdout
+    assert "graph breaker open since" in text.stdout
 
 
 def test_a_bad_setting_exits_2_with_one_line_naming_it(memctl: Memctl) -> None:

@@ -8,6 +8,7 @@ projection of Postgres that every fault test ends on (DESIGN invariant 4).
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 import threading
@@ -25,6 +26,7 @@ from dramatiq.brokers.redis import RedisBroker
 from neo4j import Driver
 from sqlalchemy import text
 
+from app.breakers import Breakers
 from app.db.connector import Database
 from app.domain import entity_key
 from app.outbox import Outbox
@@ -50,6 +52,24 @@ FAULT_OVERRIDES: dict[str, object] = {
     "worker_batch_size": 10,
     "relay_poll_seconds": 0.2,
 }
+
+# The production defaults of delivery and breakers: outage tests run with these (the point of
+# issue #18 is that an outage must not eat the default retry schedule).
+DEFAULT_DELIVERY = ("lease_seconds", "retry_base_seconds", "retry_cap_seconds",
+                    "retry_max_attempts", "worker_batch_size", "relay_poll_seconds",
+                    "breaker_failure_threshold", "breaker_probe_seconds",
+                    "breaker_misconfigured_probe_seconds", "breaker_cache_seconds")
+
+
+def production_delivery() -> dict[str, object]:
+    """The default value of every delivery and breaker setting."""
+    return {name: Settings.model_fields[name].default for name in DEFAULT_DELIVERY}
+
+
+def env_seconds(name: str, default: float) -> float:
+    """A duration a long fault test takes from the environment (CI keeps the defaults short)."""
+    return float(os.environ.get(name, default))
+
 
 # A bug these tests found (test_entity_race.py; fixed in commit d21e744). Should it come back,
 # the failure names it instead of showing a bare dead letter.
@@ -151,7 +171,9 @@ class Relays:
 
     def start(self, settings: Settings) -> Relay:
         broker = build_broker(settings)
-        relay = Relay(settings, Outbox(settings, self.db), ProjectionQueue(settings, broker))
+        outbox = Outbox(settings, self.db)
+        relay = Relay(settings, outbox, ProjectionQueue(settings, broker),
+                      Breakers(settings, self.db, outbox))
         thread = threading.Thread(target=relay.run, name="relay", daemon=True)
         thread.start()
         self.running.append(RelayRunner(relay, thread, broker))
@@ -283,6 +305,91 @@ def random_writes(service: MemoryService, rng: random.Random, count: int,
             assert service.delete(user, mid) == version + 1
             model.history[mid].append((version + 1, content, importance, True))
     return model
+
+
+@dataclass
+class SteadyWriter:
+    """Writes through the HTTP API at a steady rate, in a thread: stores, some updates and
+    deletes. Keeps every answer's status, so a test can assert that no write failed."""
+
+    client: Any  # fastapi.testclient.TestClient, used from the writer thread only
+    key: str
+    rate: float  # writes per second
+    statuses: list[int] = field(default_factory=list)
+    written: int = 0
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+    def start(self) -> SteadyWriter:
+        self.thread = threading.Thread(target=self._run, name="writer", daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self.thread is not None:
+            self.thread.join(30)
+            assert not self.thread.is_alive(), "the writer did not stop"
+
+    def _run(self) -> None:
+        headers = {"Authorization": f"Bearer {self.key}"}
+        live: list[tuple[str, str]] = []  # (memory id, user)
+        started = time.monotonic()
+        i = 0
+        while not self.stop_event.is_set():
+            user = ("alice", "bob", "carol")[i % 3]
+            if i % 11 == 10 and live:
+                mid, owner = live.pop(0)
+                response = self.client.delete(f"/api/memories/{mid}",
+                                              params={"user_id": owner}, headers=headers)
+            elif i % 7 == 6 and live:
+                mid, owner = live[-1]
+                response = self.client.patch(f"/api/memories/{mid}", headers=headers, json={
+                    "user_id": owner, "content": f"{CONTENTS[i % len(CONTENTS)]} (edit {i})"})
+            else:
+                response = self.client.post("/api/memories", headers=headers, json={
+                    "user_id": user, "content": f"{CONTENTS[i % len(CONTENTS)]} (note {i})"})
+                if response.status_code == 201:
+                    live.append((response.json()["id"], user))
+            self.statuses.append(response.status_code)
+            self.written += 1
+            i += 1
+            # Keep the rate: the i-th write is due i/rate seconds after the start.
+            self.stop_event.wait(max(0.0, started + i / self.rate - time.monotonic()))
+
+    def failures(self) -> list[int]:
+        """Statuses other than 200/201."""
+        return [s for s in self.statuses if s not in (200, 201)]
+
+
+def not_done_before(db: Database, when: Any) -> int:
+    """Rows created at or before ``when`` (a Postgres timestamp) that are not done yet."""
+    with db.engine.begin() as conn:
+        return int(conn.execute(text(
+            "SELECT count(*) FROM outbox WHERE created_at <= :t AND status <> 'done'"),
+            {"t": when}).scalar_one())
+
+
+def db_now(db: Database) -> Any:
+    with db.engine.begin() as conn:
+        return conn.execute(text("SELECT now()")).scalar_one()
+
+
+def breaker_state(db: Database, name: str) -> dict[str, Any]:
+    with db.engine.begin() as conn:
+        row = conn.execute(text("SELECT * FROM dependency_breakers WHERE name = :n"),
+                           {"n": name}).one()
+    return dict(row._mapping)
+
+
+def attempts_and_errors(db: Database) -> tuple[int, list[str]]:
+    """The highest attempt count of any row, and every error recorded against a row."""
+    with db.engine.begin() as conn:
+        top = int(conn.execute(text("SELECT coalesce(max(attempts), 0) FROM outbox"))
+                  .scalar_one())
+        errors = [str(e) for (e,) in conn.execute(text(
+            "SELECT jsonb_array_elements(errors)->>'error' FROM outbox")).all()]
+    return top, errors
 
 
 # -- the convergence check ------------------------------------------------------------------

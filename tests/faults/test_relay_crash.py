@@ -18,6 +18,7 @@ import redis as redis_lib
 from dramatiq.brokers.redis import RedisBroker
 from neo4j import Driver
 
+from app.breakers import Breakers
 from app.db.connector import Database
 from app.outbox import Outbox
 from app.queue import ProjectionQueue, build_broker
@@ -72,8 +73,10 @@ def test_crash_between_enqueue_and_commit_duplicates_never_loses(
 
     crashing = CrashAfterEnqueue(broker)
     queue = ProjectionQueue(fault_settings, crashing)  # type: ignore[arg-type]
+    outbox = Outbox(fault_settings, db)
+    crashing_relay = Relay(fault_settings, outbox, queue, Breakers(fault_settings, db, outbox))
     with pytest.raises(RelayCrashed):
-        Relay(fault_settings, Outbox(fault_settings, db), queue).dispatch_once()
+        crashing_relay.dispatch_once()
 
     # The claim rolled back: every row is still pending, unleased, with no attempt counted...
     rows = outbox_rows(db)
@@ -84,8 +87,8 @@ def test_crash_between_enqueue_and_commit_duplicates_never_loses(
     assert queued_messages(redis_client, fault_settings) == [ids]
 
     # A healthy relay sends the same rows again: a duplicate, not a loss.
-    relay = Relay(fault_settings, Outbox(fault_settings, db),
-                  ProjectionQueue(fault_settings, broker))
+    relay = Relay(fault_settings, outbox, ProjectionQueue(fault_settings, broker),
+                  Breakers(fault_settings, db, outbox))
     assert relay.dispatch_once() == len(ids)
     assert sorted(queued_messages(redis_client, fault_settings)) == [ids, ids]
     assert outbox_counts(db)["in_flight"] == len(ids)

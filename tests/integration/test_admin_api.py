@@ -16,8 +16,10 @@ from sqlalchemy import text
 from starlette.exceptions import StarletteDeprecationWarning
 
 from app.api import create_app
+from app.breakers import Breakers
 from app.db.connector import Database
 from app.db.migrations import code_heads
+from app.errors import ExtractorMisconfigured
 from app.graph.neo4j import Neo4jGraph
 from app.outbox import Outbox
 from app.projector import Projector
@@ -162,6 +164,11 @@ def test_openapi_documents_the_admin_routes(client: TestClient) -> None:
     assert "503" in paths["/api/persistence/status"]["get"]["responses"]
     assert "security" not in paths["/api/health/ready"]["get"]
     assert "503" in paths["/api/health/ready"]["get"]["responses"]
+    schemas = spec["components"]["schemas"]
+    assert set(schemas["HealthReport"]["properties"]) >= {"breakers", "reasons", "outbox"}
+    assert schemas["BreakerReport"]["properties"]["state"]["enum"] == [
+        "closed", "open", "half_open", "misconfigured"]
+    assert "held" in schemas["OutboxStats"]["properties"]
     body = spec["components"]["schemas"]["SyncBody"]["properties"]
     assert set(body) == {"operation", "userId", "limit", "dryRun", "reextract"}
     params = {p["name"] for p in paths["/api/persistence/sync"]["post"]["parameters"]}
@@ -179,6 +186,40 @@ def test_status_is_ok_with_every_server_up(client: TestClient) -> None:
     assert set(body["servers"]) == {"postgres", "neo4j", "redis"}
     assert all(s["ok"] and s["latency_ms"] is not None for s in body["servers"].values())
     assert body["outbox"]["pending"] == 0 and body["dead_letters"] == 0
+    assert body["outbox"]["held"] == 0
+    assert {n: b["state"] for n, b in body["breakers"].items()} == {
+        "graph": "closed", "extractor": "closed"}
+
+
+def test_status_shows_an_open_breaker_and_is_degraded(
+        client: TestClient, settings: Settings, db: Database, service: MemoryService) -> None:
+    outbox = Outbox(settings, db)
+    breakers = Breakers(settings, db, outbox)
+    breakers.failed("extractor", ExtractorMisconfigured(
+        "LLM endpoint refused our settings (HTTP 401: bad key): check LLM_API_KEY"))
+    service.store("alice", "waiting for the extractor")
+    with outbox.claim(10) as ids:
+        pass
+    outbox.release(outbox.work(ids), "ExtractorMisconfigured: HTTP 401", breaker="extractor")
+
+    response = client.get("/api/persistence/status")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "degraded"
+    (reason,) = body["reasons"]
+    assert reason.startswith("extractor misconfigured since ") and "1 rows held" in reason
+    assert "LLM_API_KEY" in reason
+    extractor = body["breakers"]["extractor"]
+    assert extractor["state"] == "misconfigured" and extractor["held"] == 1
+    assert extractor["opened_at"] and extractor["next_probe_at"]
+    assert "HTTP 401" in extractor["last_error"]
+    assert body["breakers"]["graph"]["state"] == "closed"
+    assert body["outbox"]["held"] == 1
+
+    breakers.close("extractor")
+    body = client.get("/api/persistence/status").json()
+    assert body["status"] == "ok" and body["outbox"]["held"] == 0
+    assert "HTTP 401" in body["breakers"]["extractor"]["last_error"]  # kept for the record
 
 
 def test_status_is_503_when_postgres_is_down(client: TestClient, settings: Settings,

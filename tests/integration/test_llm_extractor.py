@@ -6,6 +6,7 @@ race. Each test sets the answer it wants; the server records every request it ge
 
 from __future__ import annotations
 
+import email.utils
 import json
 import socket
 import threading
@@ -18,7 +19,13 @@ from typing import Any
 
 import pytest
 
-from app.errors import ExtractionError, ExtractionRetryable
+from app.errors import (
+    ExtractionError,
+    ExtractionRetryable,
+    ExtractorMisconfigured,
+    ExtractorRateLimited,
+    ExtractorUnavailable,
+)
 from app.extraction import SYSTEM_PROMPT, LLMExtractor
 
 KEY = "sk-integration-secret"
@@ -32,6 +39,7 @@ class FakeLLM:
     base_url: str
     status: int = 200
     body: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
     hang: bool = False
     requests: list[dict[str, Any]] = field(default_factory=list)
     release: threading.Event = field(default_factory=threading.Event)
@@ -46,8 +54,8 @@ class FakeLLM:
         }
         self.status, self.body = status, json.dumps(envelope)
 
-    def extractor(self, timeout: float = 5.0) -> LLMExtractor:
-        return LLMExtractor(self.base_url, MODEL, KEY, timeout)
+    def extractor(self, timeout: float = 5.0, max_wait: float = 1.0) -> LLMExtractor:
+        return LLMExtractor(self.base_url, MODEL, KEY, timeout, max_wait=max_wait)
 
 
 class _Server(ThreadingHTTPServer):
@@ -73,6 +81,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         data = fake.body.encode()
         self.send_response(fake.status)
+        for name, value in fake.headers.items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -161,16 +171,95 @@ def test_transient_http_errors_are_retryable(fake_llm: FakeLLM, status: int) -> 
     with closing(fake_llm.extractor()) as extractor, pytest.raises(ExtractionRetryable) as info:
         extractor.extract("Sarah")
     assert str(status) in str(info.value)
+    # An outage of the endpoint, not a failure of the note: it feeds the extractor's breaker.
+    assert isinstance(info.value, ExtractorUnavailable)
 
 
-@pytest.mark.parametrize("status", [400, 401, 404, 422])
+@pytest.mark.parametrize(("status", "code"), [
+    (401, "invalid_api_key"), (403, "permission_denied"), (404, "model_not_found"),
+    (400, "model_not_found"), (429, "insufficient_quota"), (402, "billing")])
+def test_refused_settings_are_misconfigured_and_name_them(fake_llm: FakeLLM, status: int,
+                                                          code: str) -> None:
+    fake_llm.status = status
+    fake_llm.body = json.dumps({"error": {"code": code, "message": f"key Bearer {KEY} bad"}})
+    with closing(fake_llm.extractor()) as extractor, \
+            pytest.raises(ExtractorMisconfigured) as info:
+        extractor.extract("Sarah")
+    message = str(info.value)
+    assert str(status) in message and "LLM_API_KEY" in message and "LLM_MODEL" in message
+    assert KEY not in message
+    assert not info.value.retryable
+
+
+@pytest.mark.parametrize("status", [400, 422])
 def test_other_client_errors_are_permanent(fake_llm: FakeLLM, status: int) -> None:
     fake_llm.status, fake_llm.body = status, f'{{"error": "bad request", "echo": "Bearer {KEY}"}}'
     with closing(fake_llm.extractor()) as extractor, pytest.raises(ExtractionError) as info:
         extractor.extract("Sarah")
-    assert not isinstance(info.value, ExtractionRetryable)
+    assert not isinstance(info.value, ExtractionRetryable | ExtractorMisconfigured)
     assert str(status) in str(info.value)
     assert KEY not in str(info.value)
+
+
+@pytest.mark.parametrize("retry_after", ["2", "HTTP-DATE"])
+def test_a_429_pauses_every_thread_for_its_retry_after(fake_llm: FakeLLM,
+                                                       retry_after: str) -> None:
+    if retry_after == "HTTP-DATE":
+        retry_after = email.utils.formatdate(time.time() + 3, usegmt=True)
+    fake_llm.status, fake_llm.body = 429, '{"error": {"message": "slow down"}}'
+    fake_llm.headers = {"Retry-After": retry_after}
+    with closing(fake_llm.extractor(max_wait=0.5)) as extractor:
+        with pytest.raises(ExtractorRateLimited) as first:
+            extractor.extract("Sarah")
+        assert first.value.asked and 1.0 <= first.value.retry_after <= 3.0
+        fake_llm.answer('{"entities": []}')  # the endpoint would answer now...
+        seen: list[BaseException] = []
+
+        def other_thread() -> None:
+            try:
+                extractor.extract("Sarah")
+            except BaseException as exc:
+                seen.append(exc)
+
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join(10)
+        # ...but no thread of this process asks before the pause is over.
+        assert len(seen) == 1 and isinstance(seen[0], ExtractorRateLimited)
+        assert not seen[0].asked and 0 < seen[0].retry_after <= first.value.retry_after
+        assert len(fake_llm.requests) == 1
+
+
+def test_a_short_pause_is_waited_out_and_a_long_one_doubles_without_retry_after(
+        fake_llm: FakeLLM) -> None:
+    fake_llm.status, fake_llm.body = 429, "{}"
+    with closing(fake_llm.extractor(max_wait=1.5)) as extractor:
+        with pytest.raises(ExtractorRateLimited) as first:
+            extractor.extract("Sarah")
+        assert first.value.retry_after == 1.0  # no Retry-After: 1 s, then 2 s, ...
+        started = time.monotonic()
+        with pytest.raises(ExtractorRateLimited) as second:  # waits 1 s, asks, 429 again
+            extractor.extract("Sarah")
+        assert time.monotonic() - started >= 0.9
+        assert second.value.asked and second.value.retry_after == 2.0
+        assert len(fake_llm.requests) == 2
+        fake_llm.answer('{"entities": [{"name": "Sarah", "type": "person"}]}')
+        time.sleep(0.6)  # 1.4 s of the 2 s pause left: within max_wait, so it waits
+        assert [e.name for e in extractor.extract("Sarah").entities] == ["Sarah"]
+        assert len(fake_llm.requests) == 3
+
+
+def test_probe_asks_for_one_token_and_classifies_like_extract(fake_llm: FakeLLM) -> None:
+    with closing(fake_llm.extractor()) as extractor:
+        fake_llm.answer("ignored: a probe does not parse the answer")
+        extractor.probe()
+        assert fake_llm.requests[-1]["body"]["max_tokens"] == 1
+        fake_llm.status = 401
+        with pytest.raises(ExtractorMisconfigured):
+            extractor.probe()
+        fake_llm.status = 503
+        with pytest.raises(ExtractorUnavailable):
+            extractor.probe()
 
 
 def test_a_server_that_never_answers_times_out_as_retryable(fake_llm: FakeLLM) -> None:
@@ -181,6 +270,7 @@ def test_a_server_that_never_answers_times_out_as_retryable(fake_llm: FakeLLM) -
         extractor.extract("Sarah")
     assert time.monotonic() - started < 5.0
     assert "timed out" in str(info.value)
+    assert isinstance(info.value, ExtractorUnavailable)
     assert len(fake_llm.requests) == 1
 
 
@@ -191,5 +281,5 @@ def test_a_refused_connection_is_retryable() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
         extractor = LLMExtractor(f"http://127.0.0.1:{port}/v1", MODEL, KEY, 2.0)
-        with closing(extractor), pytest.raises(ExtractionRetryable):
+        with closing(extractor), pytest.raises(ExtractorUnavailable):
             extractor.extract("Sarah")

@@ -13,6 +13,7 @@ from dramatiq.brokers.redis import RedisBroker
 from neo4j import Driver
 from sqlalchemy import text
 
+from app.breakers import Breakers
 from app.db.connector import Database
 from app.embeddings import HashingEmbedder
 from app.extraction import RuleExtractor
@@ -41,9 +42,15 @@ def broker(settings: Settings, redis_client: redis_lib.Redis) -> Iterator[RedisB
     b.close()
 
 
+def new_relay(settings: Settings, db: Database, broker: RedisBroker) -> Relay:
+    outbox = Outbox(settings, db)
+    return Relay(settings, outbox, ProjectionQueue(settings, broker),
+                 Breakers(settings, db, outbox))
+
+
 def start_relay(settings: Settings, db: Database, broker: RedisBroker,
                 threads: list[threading.Thread]) -> Relay:
-    relay = Relay(settings, Outbox(settings, db), ProjectionQueue(settings, broker))
+    relay = new_relay(settings, db, broker)
     t = threading.Thread(target=relay.run, name="relay", daemon=True)
     t.start()
     threads.append(t)
@@ -127,8 +134,7 @@ def test_two_relays_never_dispatch_a_row_twice_in_one_lease(
     svc = MemoryService(settings, db, Outbox(settings, db), HashingEmbedder(384))
     for i in range(300):
         svc.store("alice", f"note {i}")
-    relays = [Relay(settings, Outbox(settings, db), ProjectionQueue(settings, broker))
-              for _ in range(2)]
+    relays = [new_relay(settings, db, broker) for _ in range(2)]
     barrier = threading.Barrier(2)
 
     def run(relay: Relay) -> None:
@@ -153,7 +159,7 @@ def test_expired_leases_are_dispatched_again(settings: Settings, db: Database,
     declare_project_actor(broker, settings, lambda ids: None)
     svc = MemoryService(settings, db, Outbox(settings, db), HashingEmbedder(384))
     svc.store("alice", "lost message")
-    relay = Relay(settings, Outbox(settings, db), ProjectionQueue(settings, broker))
+    relay = new_relay(settings, db, broker)
     assert relay.dispatch_once() == 1
     assert relay.dispatch_once() == 0  # leased: not sent again while the lease runs
     with db.engine.begin() as conn:  # the lease ran out (the worker died, Redis lost it)

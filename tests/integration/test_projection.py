@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from app.db.connector import Database
 from app.domain import Entity, Extraction, Relation
-from app.errors import ExtractionError, ExtractionRetryable, GraphUnavailable
+from app.errors import ExtractionError, ExtractionRetryable, GraphConflict, GraphUnavailable
 from app.graph.neo4j import Neo4jGraph
 from app.outbox import Outbox
 from app.projector import Projector
@@ -110,9 +110,10 @@ def test_rows_are_done_only_after_the_graph_has_them(service: MemoryService, db:
     m, _ = service.store("alice", "meeting with John")
     down = FailingGraph(projector.graph, lambda _: GraphUnavailable("Neo4j is down"))
     failing = Projector(db, projector.outbox, down, projector.extractor)
-    failing.process(open_ids(db))
+    assert failing.process(open_ids(db)).held == 1
     row = outbox(db)[0]
-    assert row.status == "pending" and row.attempts == 1
+    # An outage of Neo4j is not the row's failure: back to pending, no attempt spent.
+    assert row.status == "pending" and row.attempts == 0 and row.errors == []
     assert "Neo4j is down" in row.last_error and row.next_attempt_at > row.created_at
     assert graph_memory(neo4j_driver, m.id) is None
     drain(projector, db)
@@ -189,7 +190,8 @@ def test_poison_event_becomes_a_dead_letter_others_converge(
 def test_retryable_failures_keep_their_history_then_die(
         service: MemoryService, settings: Settings, db: Database, projector: Projector) -> None:
     service.store("alice", "visit Grace")
-    down = FailingGraph(projector.graph, lambda _: GraphUnavailable("connection refused"))
+    # A conflict of the row's own transaction (not an outage) spends the row's attempts.
+    down = FailingGraph(projector.graph, lambda _: GraphConflict("deadlock detected"))
     failing = Projector(db, Outbox(settings, db), down, projector.extractor)
     for _ in range(settings.retry_max_attempts):
         with db.engine.begin() as conn:
@@ -200,7 +202,7 @@ def test_retryable_failures_keep_their_history_then_die(
     with db.engine.begin() as conn:
         dead = conn.execute(text("SELECT * FROM dead_letters")).one()
     assert [e["attempt"] for e in dead.errors] == list(range(1, settings.retry_max_attempts + 1))
-    assert all("connection refused" in e["error"] for e in dead.errors)
+    assert all("deadlock detected" in e["error"] for e in dead.errors)
 
 
 def test_extraction_is_cached_until_content_changes(service: MemoryService,

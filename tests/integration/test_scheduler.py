@@ -7,6 +7,7 @@ import threading
 from neo4j import Driver
 from sqlalchemy import text
 
+from app.breakers import Breakers
 from app.consistency import Consistency
 from app.db.connector import Database
 from app.embeddings import HashingEmbedder
@@ -103,7 +104,7 @@ def test_reclaim_task_returns_expired_leases(settings: Settings, db: Database) -
         outbox = Outbox(settings, db)
         tasks = default_tasks(settings, outbox, Consistency(settings, db, outbox, graph),
                               MemoryService(settings, db, outbox, HashingEmbedder(384)),
-                              check=False)
+                              Breakers(settings, db, outbox), check=False)
         scheduler = Scheduler(db, tasks)
         assert "reclaim" in scheduler.tick()
     finally:

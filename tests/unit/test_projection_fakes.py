@@ -19,7 +19,7 @@ import pytest
 from app.consistency import Consistency, Finding
 from app.db.connector import Database
 from app.domain import Entity, Extraction, MemoryState, Relation, content_hash, entity_key
-from app.errors import GraphError, GraphUnavailable
+from app.errors import GraphConflict, GraphError
 from app.graph.base import EntityRow, GraphStore, MemoryProjection
 from app.outbox import Failed, Outbox, WorkItem
 from app.projector import Projector
@@ -103,6 +103,9 @@ class FakeOutbox:
         self.status = dict.fromkeys(self.items, "pending")
         self.done: list[list[tuple[str, int]]] = []
         self.failures: list[tuple[list[int], str, bool]] = []
+        self.released: list[tuple[list[int], str, str | None, bool]] = []
+        self.open_breakers: set[str] = set()
+        self.delays: list[float] = []
 
     def work(self, outbox_ids: Sequence[int]) -> list[WorkItem]:
         """The pending rows among these."""
@@ -123,6 +126,14 @@ class FakeOutbox:
         """Record the attempt; the rows stay pending (none goes dead here)."""
         self.failures.append(([i.outbox_id for i in items], error, permanent))
         return Failed([i.outbox_id for i in items], [])
+
+    def release(self, items: Sequence[WorkItem], error: str, *, breaker: str | None,
+                delay: float = 0.0) -> bool:
+        """Record rows sent back without an attempt; held while ``open_breakers`` has it."""
+        held = breaker in self.open_breakers
+        self.released.append(([i.outbox_id for i in items], error, breaker, held))
+        self.delays.append(delay)
+        return held
 
 
 _ids = itertools.count(1)
@@ -277,7 +288,7 @@ def test_a_retryable_error_fails_the_whole_batch_without_splitting() -> None:
     memories = [uuid.uuid4() for _ in range(3)]
     items = [row(state(m, 1, "John met Sarah")) for m in memories]
     inner, batches = FakeGraph(), list[list[str]]()
-    graph = poison_graph(inner, memories[1], GraphUnavailable("Neo4j is down"), batches)
+    graph = poison_graph(inner, memories[1], GraphConflict("deadlock detected"), batches)
     outbox = FakeOutbox(items)
     projector = projector_over(graph, outbox, [])
 
@@ -285,7 +296,7 @@ def test_a_retryable_error_fails_the_whole_batch_without_splitting() -> None:
     assert (outcome.done, outcome.failed) == (0, 3)
     assert len(batches) == 1
     assert outbox.failures == [([i.outbox_id for i in items],
-                                "GraphUnavailable: Neo4j is down", False)]
+                                "GraphConflict: deadlock detected", False)]
     assert outbox.done == []
     assert inner.counts().memories == 0
 
