@@ -8,9 +8,9 @@ TEST_TMP := .local/pytest
 
 .PHONY: run test check lint types bench services-up services-down clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,local]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,local]' -e clients/python
 	touch $(STAMP)
 
 ## Start Postgres, Redis and Neo4j locally, migrate, then web, relay, worker and scheduler.
