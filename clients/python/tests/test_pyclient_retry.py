@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import threading
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
@@ -298,3 +300,47 @@ def test_the_key_and_a_user_agent_go_with_every_request() -> None:
     assert request.headers["If-Match"] == '"1"'
     assert request.url.path == f"/api/memories/{MEMORY_ID}"
     assert request.url.params["user_id"] == "alice"
+
+
+# -- real sockets: the errors httpx really raises ------------------------------------------
+
+
+FAST = RetryPolicy(max_attempts=3, base_delay=0.001, max_delay=0.001)
+
+
+def test_even_an_unconditional_update_is_retried_when_the_connection_is_refused() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]  # nothing listens there once closed
+    with MemoryClient(f"http://127.0.0.1:{port}", "k", retry=FAST) as c, \
+            pytest.raises(TransportError) as raised:
+        c.update("alice", MEMORY_ID, content="new")
+    assert raised.value.attempts == 3
+    assert isinstance(raised.value.__cause__, httpx.ConnectError)
+
+
+def test_a_dropped_connection_retries_a_store_but_not_an_unconditional_update() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[int] = []
+
+    def drop_every_request() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.recv(65536)  # the request arrived; close without answering
+            accepted.append(1)
+            conn.close()
+
+    threading.Thread(target=drop_every_request, daemon=True).start()
+    try:
+        with MemoryClient(f"http://127.0.0.1:{listener.getsockname()[1]}", "k",
+                          retry=FAST) as c:
+            with pytest.raises(TransportError) as update:
+                c.update("alice", MEMORY_ID, content="new")
+            assert update.value.attempts == 1 and len(accepted) == 1
+            with pytest.raises(TransportError) as store:
+                c.store("alice", "x")
+            assert store.value.attempts == 3 and len(accepted) == 4
+    finally:
+        listener.close()

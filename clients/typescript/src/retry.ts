@@ -116,8 +116,11 @@ const NOT_SENT_CODES = new Set([
 export function classifyFailure(error: unknown): Failure {
   let cause: unknown = error;
   for (let depth = 0; depth < 4 && typeof cause === "object" && cause !== null; depth++) {
-    const code = (cause as { code?: unknown }).code;
+    const { code, errors } = cause as { code?: unknown; errors?: unknown };
     if (typeof code === "string" && NOT_SENT_CODES.has(code)) return "notSent";
+    // Several addresses tried (an AggregateError): never sent if none of them connected.
+    if (Array.isArray(errors) && errors.length > 0 &&
+        errors.every((e) => classifyFailure(e) === "notSent")) return "notSent";
     cause = (cause as { cause?: unknown }).cause;
   }
   return "lost";

@@ -147,3 +147,28 @@ describe("the live API", { skip }, () => {
     }
   });
 });
+
+describe("the Next.js route handler of the README", { skip }, () => {
+  it("stores and searches through the live API", async () => {
+    const route = await import("../examples/nextjs/app/api/memories/route.js");
+    const as = { "x-user-id": "ts-erin", "Content-Type": "application/json" };
+    const stored = await route.POST(new Request("http://app.test/api/memories", {
+      method: "POST", headers: as,
+      body: JSON.stringify({ content: "Ship the Q4 roadmap review", importance: 8 }) }));
+    assert.equal(stored.status, 201);
+    assert.equal((await stored.json()).user_id, "ts-erin");
+
+    const found = await route.GET(new Request("http://app.test/api/memories?q=Q4%20roadmap",
+                                              { headers: as }));
+    assert.equal(found.status, 200);
+    const hits = await found.json() as { content: string }[];
+    assert.deepEqual(hits.map((h) => h.content), ["Ship the Q4 roadmap review"]);
+
+    const invalid = await route.POST(new Request("http://app.test/api/memories", {
+      method: "POST", headers: as, body: JSON.stringify({ content: "x", importance: 99 }) }));
+    assert.equal(invalid.status, 422);
+    assert.equal((await invalid.json()).field, "importance");
+    const anonymous = await route.GET(new Request("http://app.test/api/memories?q=x"));
+    assert.equal(anonymous.status, 401);
+  });
+});

@@ -2,6 +2,8 @@
 // failures are retried for which requests, Retry-After, one Idempotency-Key per logical write,
 // and the error classes. (test/live.test.ts runs against the real API.)
 import assert from "node:assert/strict";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
 import { describe, it } from "node:test";
 
 import {
@@ -293,6 +295,45 @@ describe("the client", () => {
     const headers = request.init.headers as Record<string, string>;
     assert.equal(headers.Authorization, "Bearer svc-key");
     assert.equal(headers["If-Match"], '"1"');
+  });
+});
+
+describe("the runtime's own network failures", () => {
+  // Real sockets, so the classification meets the errors this runtime's fetch really throws.
+  async function server(handler: http.RequestListener): Promise<[http.Server, string]> {
+    const s = http.createServer(handler);
+    await new Promise<void>((resolve) => s.listen(0, "127.0.0.1", resolve));
+    return [s, `http://127.0.0.1:${(s.address() as AddressInfo).port}`];
+  }
+  const fast = { maxAttempts: 3, baseDelayMs: 1, maxDelayMs: 1, maxRetryAfterMs: 0 };
+  const update = { user_id: "alice", content: "new" };
+
+  it("retries even an unconditional update when the connection is refused", async () => {
+    const [s, url] = await server(() => {});
+    await new Promise((resolve) => s.close(resolve));  // nothing listens there now
+    const c = new MemoryClient({ baseUrl: url, apiKey: "k", retry: fast });
+    await assert.rejects(c.update(MEMORY.id, update), (e: unknown) =>
+      e instanceof TransportError && e.attempts === 3);
+  });
+
+  it("retries a store but not an unconditional update when the connection drops", async () => {
+    let requests = 0;
+    const [s, url] = await server((request) => {
+      requests += 1;
+      request.socket.destroy();
+    });
+    try {
+      const c = new MemoryClient({ baseUrl: url, apiKey: "k", retry: fast });
+      await assert.rejects(c.update(MEMORY.id, update), (e: unknown) =>
+        e instanceof TransportError && e.attempts === 1);
+      assert.equal(requests, 1);
+      await assert.rejects(c.store({ user_id: "alice", content: "x" }), (e: unknown) =>
+        e instanceof TransportError && e.attempts === 3);
+      assert.equal(requests, 4);
+    } finally {
+      s.closeAllConnections();
+      await new Promise((resolve) => s.close(resolve));
+    }
   });
 });
 
