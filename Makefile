@@ -9,7 +9,7 @@ TS_CLIENT := clients/typescript
 # npm ci writes this file last: present and newer than the lock means installed from it.
 NODE_STAMP := $(TS_CLIENT)/node_modules/.package-lock.json
 
-.PHONY: run test check lint types bench services-up services-down clean
+.PHONY: run test check lint types ts-schema bench services-up services-down clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ lint: $(STAMP)
 types: $(STAMP) $(NODE_STAMP)
 	$(BIN)/mypy
 	cd $(TS_CLIENT) && npx --no-install tsc -p tsconfig.test.json --noEmit
+
+## After an API change: regenerate the TypeScript client's types (clients/typescript/src/schema.ts).
+ts-schema: $(STAMP) $(NODE_STAMP)
+	mkdir -p .local
+	$(BIN)/python -m devtools.openapi > .local/openapi.json
+	cd $(TS_CLIENT) && node scripts/generate-schema.mjs ../../.local/openapi.json
 
 ## Benchmarks (not tests): results under bench/results/.
 bench: $(STAMP)
