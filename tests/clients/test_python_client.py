@@ -133,7 +133,8 @@ def test_a_store_retried_across_a_crash_and_restart_is_stored_once(
     back while the client is still retrying with the same Idempotency-Key."""
     proxy = LosingProxy(web.port)
     events: list[RetryEvent] = []
-    policy = RetryPolicy(max_attempts=100, base_delay=0.05, max_delay=0.3)
+    # About a minute of retries, however slowly the web process comes back on a busy machine.
+    policy = RetryPolicy(max_attempts=400, base_delay=0.05, max_delay=0.3)
     proxy.lose_next_answer(web.kill)
     try:
         with MemoryClient(proxy.url, service_key, retry=policy,
@@ -144,7 +145,7 @@ def test_a_store_retried_across_a_crash_and_restart_is_stored_once(
                      "the client to retry against the dead web process")
             assert not pending.done()
             web.start()
-            memory = pending.result(timeout=60)
+            memory = pending.result(timeout=120)
     finally:
         proxy.close()
     assert memory.replayed, "the retry should have replayed the first attempt's memory"
