@@ -1,0 +1,222 @@
+"""The API's bodies as frozen dataclasses, written from its OpenAPI document.
+
+Parsing takes the fields it knows and ignores the rest, so a server that adds a field does not
+break an older client; the suite checks these fields against the live ``/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from memory_persistence_client.errors import ProtocolError
+
+
+def _obj(data: object, what: str) -> Mapping[str, Any]:
+    if not isinstance(data, Mapping):
+        raise ProtocolError(f"{what}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _list(data: object, what: str) -> list[Any]:
+    if not isinstance(data, list):
+        raise ProtocolError(f"{what}: expected a JSON array, got {type(data).__name__}")
+    return data
+
+
+@dataclass(frozen=True, kw_only=True)
+class Entity:
+    """An entity the extractor found in a memory (set once a worker has projected it)."""
+
+    name: str
+    type: str
+
+    @classmethod
+    def from_json(cls, data: object) -> Entity:
+        body = _obj(data, "entity")
+        try:
+            return cls(name=str(body["name"]), type=str(body["type"]))
+        except KeyError as exc:
+            raise ProtocolError(f"entity: missing {exc}") from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Memory:
+    """A memory as the API returns it."""
+
+    id: uuid.UUID
+    user_id: str
+    content: str
+    metadata: dict[str, Any]
+    importance: int
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    entities: tuple[Entity, ...] | None = None
+    truncated: bool = False
+
+    @property
+    def etag(self) -> str:
+        """The ``If-Match`` value for this version."""
+        return f'"{self.version}"'
+
+    @classmethod
+    def _fields(cls, data: object) -> dict[str, Any]:
+        body = _obj(data, "memory")
+        try:
+            entities = body.get("entities")
+            return {
+                "id": uuid.UUID(str(body["id"])),
+                "user_id": str(body["user_id"]),
+                "content": str(body["content"]),
+                "metadata": dict(_obj(body["metadata"], "memory.metadata")),
+                "importance": int(body["importance"]),
+                "version": int(body["version"]),
+                "created_at": datetime.fromisoformat(str(body["created_at"])),
+                "updated_at": datetime.fromisoformat(str(body["updated_at"])),
+                "entities": None if entities is None else tuple(
+                    Entity.from_json(e) for e in _list(entities, "memory.entities")),
+                "truncated": bool(body.get("truncated", False)),
+            }
+        except KeyError as exc:
+            raise ProtocolError(f"memory: missing {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(f"memory: {exc}") from None
+
+    @classmethod
+    def from_json(cls, data: object) -> Memory:
+        return cls(**cls._fields(data))
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoredMemory(Memory):
+    """The answer to a store: the memory, and whether it is an idempotent replay (the
+    Idempotency-Key had stored it before, e.g. on an attempt whose answer was lost)."""
+
+    replayed: bool = False
+
+    @classmethod
+    def from_response(cls, data: object, replayed: bool) -> StoredMemory:
+        return cls(**cls._fields(data), replayed=replayed)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScoredMemory(Memory):
+    """A search hit: ``score`` is the cosine similarity (1 is identical)."""
+
+    score: float
+
+    @classmethod
+    def from_json(cls, data: object) -> ScoredMemory:
+        body = _obj(data, "search hit")
+        try:
+            score = float(body["score"])
+        except (KeyError, TypeError, ValueError):
+            raise ProtocolError("search hit: missing or bad score") from None
+        return cls(**cls._fields(body), score=score)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Page:
+    """One page of a listing, newest first; pass ``next_cursor`` for the next (None: last)."""
+
+    items: list[Memory]
+    next_cursor: str | None = None
+
+    @classmethod
+    def from_json(cls, data: object) -> Page:
+        body = _obj(data, "page")
+        cursor = body.get("next_cursor")
+        return cls(items=[Memory.from_json(m) for m in _list(body.get("items"), "page.items")],
+                   next_cursor=cursor if isinstance(cursor, str) else None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchResult:
+    """The memories of a batch store, in the order given."""
+
+    items: list[Memory]
+    replayed: bool = False
+
+    @classmethod
+    def from_response(cls, data: object, replayed: bool) -> BatchResult:
+        body = _obj(data, "batch")
+        return cls(items=[Memory.from_json(m) for m in _list(body.get("items"), "batch.items")],
+                   replayed=replayed)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchResult:
+    """Search hits, best first; iterable and sized like a list."""
+
+    items: list[ScoredMemory]
+
+    def __iter__(self) -> Iterator[ScoredMemory]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> ScoredMemory:
+        return self.items[index]
+
+    @classmethod
+    def from_json(cls, data: object) -> SearchResult:
+        body = _obj(data, "search result")
+        return cls(items=[ScoredMemory.from_json(m)
+                          for m in _list(body.get("items"), "search.items")])
+
+
+@dataclass(frozen=True, kw_only=True)
+class Deleted:
+    """The answer to a delete: ``version`` is the version the delete created."""
+
+    id: uuid.UUID
+    version: int
+    deleted: bool = True
+
+    @classmethod
+    def from_json(cls, data: object) -> Deleted:
+        body = _obj(data, "deleted")
+        try:
+            return cls(id=uuid.UUID(str(body["id"])), version=int(body["version"]),
+                       deleted=bool(body.get("deleted", True)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"deleted: {exc}") from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewMemory:
+    """One item of a batch store (its user is the batch's)."""
+
+    content: str
+    metadata: dict[str, Any] | None = None
+    importance: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"content": self.content}
+        if self.metadata is not None:
+            body["metadata"] = self.metadata
+        if self.importance is not None:
+            body["importance"] = self.importance
+        return body
+
+
+# The models the suite compares with the live schema's components, with the fields the
+# client adds itself (from headers, not the body).
+SCHEMA_COMPONENTS: dict[str, tuple[type[Any], frozenset[str]]] = {
+    "Memory": (Memory, frozenset()),
+    "ScoredMemory": (ScoredMemory, frozenset()),
+    "Entity": (Entity, frozenset()),
+    "Page": (Page, frozenset()),
+    "BatchResult": (BatchResult, frozenset({"replayed"})),
+    "SearchResult": (SearchResult, frozenset()),
+    "Deleted": (Deleted, frozenset()),
+    "BatchItem": (NewMemory, frozenset()),
+}
+
+__all__ = ["BatchResult", "Deleted", "Entity", "Memory", "NewMemory", "Page", "ScoredMemory",
+           "SearchResult", "StoredMemory"]
