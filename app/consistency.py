@@ -492,8 +492,7 @@ class Consistency:
             return cached
         extraction = self.extractor.extract(state.content)
         report.extracted += 1
-        to_save.append(extraction_record(state.id, state.content_hash,
-                                         self.extractor.identity, extraction))
+        to_save.append(extraction_record(state, self.extractor.identity, extraction))
         return extraction
 
     # -- tombstones -----------------------------------------------------------------------

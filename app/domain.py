@@ -40,10 +40,6 @@ class Memory(BaseModel):
                                    "is cut here (only rows written around the API).")
 
 
-class ScoredMemory(Memory):
-    score: float = Field(description="Cosine similarity, 1 is identical.")
-
-
 class Entity(BaseModel):
     """An entity mentioned by a memory; ``key`` is unique per user."""
 
@@ -132,4 +128,3 @@ def request_hash(payload: dict[str, Any]) -> str:
 
 
 Memory.model_rebuild()
-ScoredMemory.model_rebuild()

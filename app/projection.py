@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import uuid
 from typing import Any
 
 from app.domain import Extraction, MemoryState, entity_key
@@ -27,11 +26,13 @@ def cached_extraction(state: MemoryState, identity: str | None = None) -> Extrac
     return Extraction.model_validate(state.entities)
 
 
-def extraction_record(memory_id: uuid.UUID | str, content_hash: str, identity: str,
+def extraction_record(state: MemoryState, identity: str,
                       extraction: Extraction) -> dict[str, Any]:
-    """The parameters that cache one fresh extraction on its memory (``save_extraction``)."""
-    return {"id": memory_id, "entities": json.dumps(extraction.model_dump(mode="json")),
-            "extractor": identity, "content_hash": content_hash}
+    """The parameters that cache one fresh extraction on its memory (``save_extraction``),
+    with its entity keys (what related memories read from Postgres when the graph cannot)."""
+    keys = sorted({entity_key(state.user_id, e.type, e.name) for e in extraction.entities})
+    return {"id": state.id, "entities": json.dumps(extraction.model_dump(mode="json")),
+            "extractor": identity, "content_hash": state.content_hash, "entity_keys": keys}
 
 
 def expected_keys(state: MemoryState) -> frozenset[str] | None:

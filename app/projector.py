@@ -192,8 +192,7 @@ class Projector:
                                                       "memory_id": str(state.id)})
             raise ExtractionError(f"extractor crashed: {exc!r}") from exc
         outcome.extracted += 1
-        to_save.append(extraction_record(state.id, state.content_hash,
-                                         self.extractor.identity, extraction))
+        to_save.append(extraction_record(state, self.extractor.identity, extraction))
         return extraction
 
     def _project(self, batch: dict[str, MemoryProjection],

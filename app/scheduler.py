@@ -17,6 +17,7 @@ from app.consistency import Consistency
 from app.db.connector import Database
 from app.errors import MemoryPersistenceError
 from app.outbox import Outbox
+from app.reembed import Reembedder
 from app.settings import Settings
 from app.store import MemoryService
 
@@ -83,10 +84,18 @@ class Scheduler:
         self.stop_event.set()
 
 
+def _reembed(reembedder: Reembedder, limit: int) -> dict[str, object]:
+    """Move up to ``limit`` memories to the configured embedder (the model loads only then)."""
+    status = reembedder.status()
+    if not status.pending or not status.dimension_ok:
+        return {"pending": status.pending, "dimension_ok": status.dimension_ok}
+    return reembedder.run(limit=limit).__dict__
+
+
 def default_tasks(settings: Settings, outbox: Outbox, consistency: Consistency,
                   memories: MemoryService, breakers: Breakers,
-                  check: bool = True) -> list[Task]:
-    """Reclaim, pruning and (with ``check``) the periodic consistency check.
+                  reembedder: Reembedder | None = None, check: bool = True) -> list[Task]:
+    """Reclaim, pruning, background re-embedding and (with ``check``) the consistency check.
 
     Leases that run out while a breaker is open are blamed on the outage (no attempt).
     """
@@ -100,6 +109,9 @@ def default_tasks(settings: Settings, outbox: Outbox, consistency: Consistency,
         Task("prune_tombstones", 3600.0, consistency.prune_tombstones),
         Task("prune_idempotency_keys", 3600.0, memories.prune_idempotency_keys),
     ]
+    if reembedder is not None and settings.reembed_per_minute > 0:
+        tasks.append(Task("reembed", 60.0, lambda: _reembed(reembedder,
+                                                            settings.reembed_per_minute)))
     if check:
         tasks.append(Task("check", settings.check_interval_seconds,
                           lambda: consistency.check().summary()))

@@ -67,12 +67,25 @@ class Settings(BaseSettings):
     max_metadata_keys: int = Field(256, ge=1, le=10_000)
     max_batch_items: int = Field(500, ge=1, le=10_000)  # memories per batch store
 
-    # Embeddings
-    embedding_provider: Literal["local", "openai", "sentence-transformers"] = "local"
+    # Embeddings: minilm (a real model, offline, the default), hashing (no model; "local" is
+    # its old name), openai (any OpenAI-compatible endpoint), sentence-transformers.
+    embedding_provider: Literal["minilm", "hashing", "local", "openai",
+                                "sentence-transformers"] = "minilm"
     embedding_dim: int = Field(384, ge=2, le=16_000)
+    embedding_threads: int = Field(1, ge=1, le=64)  # onnxruntime threads per process
     embedding_model: str = "text-embedding-3-small"
     embedding_base_url: str = "https://api.openai.com/v1"
     embedding_api_key: SecretStr = SecretStr("")
+
+    # Retrieval
+    # Postgres text search configuration for full-text search ("english", "german", ...);
+    # one Postgres does not know falls back to "simple" (no stemming, no stop words).
+    search_language: str = Field("english", pattern=r"^[a-z_]{1,63}$")
+    search_rrf_k: int = Field(60, ge=1, le=1000)  # reciprocal rank fusion: 1 / (k + rank)
+    reembed_batch_size: int = Field(64, ge=1, le=1024)
+    # The scheduler moves rows made by another embedder to the configured one in the
+    # background, this many per minute at most (0: only `memctl reembed` does).
+    reembed_per_minute: int = Field(3000, ge=0)
 
     # Entity extraction
     extractor: Literal["rules", "llm"] = "rules"

@@ -21,12 +21,10 @@ from sqlalchemy import Connection
 from app.db.connector import Database, Row, Tx
 from app.domain import (
     MAX_PAGE,
-    MAX_TOP_K,
     Entity,
     EventType,
     Memory,
     Page,
-    ScoredMemory,
     content_hash,
     request_hash,
 )
@@ -38,7 +36,6 @@ from app.validation import check_int64, check_metadata, check_text, check_user_i
 
 log = logging.getLogger(__name__)
 
-SearchResults = list[ScoredMemory]  # named here: MemoryService.list shadows the builtin inside
 
 
 @dataclass(frozen=True)
@@ -133,6 +130,7 @@ class MemoryService:
         # A hook between the memory write and the outbox write, for tests that prove the two
         # commit together (a failure here must leave neither).
         self.before_outbox: Callable[[Tx], None] | None = None
+        self._ts_config: str | None = None
 
     # -- validation -----------------------------------------------------------------------
 
@@ -153,11 +151,24 @@ class MemoryService:
             self.before_outbox(tx)
         self.outbox.emit(tx, memory_id, user_id, version, event)
 
+    @property
+    def ts_config(self) -> str:
+        """The text search configuration of SEARCH_LANGUAGE, or "simple" when Postgres does not
+        know it (no stemming or stop words, but every language's words are found)."""
+        if self._ts_config is None:
+            known = self.db.one("text_search_config", {"name": self.settings.search_language})
+            if known is None:
+                log.warning("unknown text search configuration; using simple", extra={
+                    "action": "memory.search_language", "language": self.settings.search_language})
+            self._ts_config = self.settings.search_language if known is not None else "simple"
+        return self._ts_config
+
     def _insert(self, tx: Tx, user_id: str, item: NewMemory, vector: list[float]) -> Memory:
         row = tx.one("insert_memory", {
             "user_id": user_id, "content": item.content, "embedding": to_pgvector(vector),
-            "metadata": json.dumps(item.metadata or {}), "importance": item.importance,
-            "content_hash": content_hash(item.content),
+            "embedder": self.embedder.identity, "metadata": json.dumps(item.metadata or {}),
+            "importance": item.importance, "content_hash": content_hash(item.content),
+            "ts_config": self.ts_config,
         })
         assert row is not None
         memory = self._memory(row)
@@ -287,6 +298,8 @@ class MemoryService:
         with self.db.transaction(conn) as tx:
             row = tx.one("update_memory", {
                 "id": mid, "user_id": user_id, "content": content, "embedding": vector,
+                "embedder": self.embedder.identity if content is not None else None,
+                "ts_config": self.ts_config if content is not None else None,
                 "content_hash": content_hash(content) if content is not None else None,
                 "metadata": json.dumps(metadata) if metadata is not None else None,
                 "importance": importance, "expected_version": expected_version,
@@ -361,25 +374,3 @@ class MemoryService:
             last = items[-1]
             next_cursor = encode_cursor(last.created_at, last.id)
         return Page(items=items, next_cursor=next_cursor)
-
-    def search(self, user_id: str, query: str, *, top_k: int = 10,
-               metadata: dict[str, Any] | None = None, min_importance: int = 1,
-               ) -> SearchResults:
-        """Semantic search over one user's live memories, best first, with cosine scores."""
-        user_id = check_user_id(user_id)
-        query = self._check_content(query, "query")
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
-            raise ValidationError(f"top_k must be from 1 to {MAX_TOP_K}", "top_k")
-        _check_importance(min_importance, "min_importance")
-        filters = self._check_metadata(metadata or {}, "metadata")
-        vector = to_pgvector(self.embedder.embed([query])[0])
-        with self.db.transaction() as tx:
-            # ef_search 100 keeps recall@10 of near-duplicate queries above 0.95 at 100k
-            # memories for about 1 ms (bench/results); top_k beyond 25 needs a wider beam.
-            tx.one("search_settings", {"ef_search": min(1000, max(100, top_k * 4))})
-            rows = tx.all("search_memories", {
-                "user_id": user_id, "embedding": vector, "limit": top_k,
-                "metadata": json.dumps(filters), "min_importance": min_importance,
-            })
-        return [ScoredMemory(**self._memory(r).model_dump(), score=float(r["score"]))
-                for r in rows]

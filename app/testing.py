@@ -12,11 +12,16 @@ from dataclasses import dataclass, field
 
 from app.errors import GraphUnavailable
 from app.graph.base import (
+    EntityLink,
+    EntityMentions,
+    EntityRow,
     GraphCounts,
     GraphMemory,
     GraphStore,
     MemoryProjection,
+    Neighbours,
     ProjectResult,
+    RelatedMemory,
 )
 
 
@@ -27,6 +32,7 @@ class _Node:
     user_id: str
     version: int = 0
     deleted: bool = False
+    importance: int = 5
     mentions: set[str] = field(default_factory=set)
 
 
@@ -101,7 +107,7 @@ class FakeGraph:
                 newer = node.version < p.version or (p.force and node.version == p.version)
                 if node.user_id != p.user_id or not newer:
                     continue
-                node.version, node.deleted = p.version, p.deleted
+                node.version, node.deleted, node.importance = p.version, p.deleted, p.importance
                 old |= node.mentions
                 node.mentions = set()
                 self.relations = [r for r in self.relations if r.memory_id != p.id]
@@ -238,6 +244,75 @@ class FakeGraph:
                             [f"{t}: {n}" for t, n in entities]))
             return out
 
+    def related(self, user_id: str, ids: list[str], limit: int) -> dict[str, Neighbours]:
+        if not ids:
+            return {}
+        self._check()
+        out: dict[str, Neighbours] = {}
+        for mid in ids:
+            node = self.memories.get(mid)
+            if node is None or node.user_id != user_id:
+                continue
+            mine = {k for k in node.mentions if self._user(k) == user_id}
+            found = []
+            for oid, other in self.memories.items():
+                if oid == mid or other.user_id != user_id or other.deleted:
+                    continue
+                shared = sorted(mine & other.mentions)
+                if shared:
+                    found.append(RelatedMemory(oid, other.importance, tuple(
+                        EntityRow(k, self.entities[k]["name"], self.entities[k]["type"])
+                        for k in shared)))
+            found.sort(key=lambda r: (-len(r.shared), -r.importance, r.id))
+            out[mid] = Neighbours(node.version, node.deleted, tuple(found[:limit]))
+        return out
+
+    def entity_mentions(self, user_id: str, query: str | None, type_: str | None,
+                        limit: int) -> list[EntityMentions]:
+        self._check()
+        counts: dict[str, int] = {}
+        for node in self.memories.values():
+            if node.user_id != user_id or node.deleted:
+                continue
+            for k in node.mentions:
+                counts[k] = counts.get(k, 0) + 1
+        found = []
+        for key, n in counts.items():
+            e = self.entities.get(key)
+            if e is None or e["user_id"] != user_id or (type_ is not None and e["type"] != type_):
+                continue
+            if query is not None and query.lower() not in e["name"].lower():
+                continue
+            found.append(EntityMentions(EntityRow(key, e["name"], e["type"]), n))
+        found.sort(key=lambda m: (-m.mentions, m.entity.name, m.entity.key))
+        return found[:limit]
+
+    def entity_memories(self, user_id: str, key: str, limit: int) -> list[str]:
+        self._check()
+        if self._user(key) != user_id:
+            return []
+        found = [(mid, n.importance) for mid, n in self.memories.items()
+                 if n.user_id == user_id and not n.deleted and key in n.mentions]
+        found.sort(key=lambda f: (-f[1], f[0]))
+        return [mid for mid, _ in found[:limit]]
+
+    def entity_neighbourhood(self, user_id: str, key: str, limit: int) -> list[EntityLink]:
+        self._check()
+        if self._user(key) != user_id:
+            return []
+        links: dict[tuple[str, str], set[str]] = {}
+        for r in self.relations:
+            if r.user_id != user_id or key not in (r.source, r.target):
+                continue
+            other = r.target if r.source == key else r.source
+            if self._user(other) == user_id:
+                links.setdefault((other, r.predicate), set()).add(r.memory_id)
+        found = [EntityLink(EntityRow(o, self.entities[o]["name"], self.entities[o]["type"]),
+                            predicate, len(memories))
+                 for (o, predicate), memories in links.items()]
+        found.sort(key=lambda link: (-link.memories, link.entity.key, link.predicate))
+        return found[:limit]
+
     def ping(self) -> None:
         self._check()
 
@@ -293,6 +368,19 @@ class FailingGraph:
 
     def clear(self, user_id: str | None) -> None:
         self.inner.clear(user_id)
+
+    def related(self, user_id: str, ids: list[str], limit: int) -> dict[str, Neighbours]:
+        return self.inner.related(user_id, ids, limit)
+
+    def entity_mentions(self, user_id: str, query: str | None, type_: str | None,
+                        limit: int) -> list[EntityMentions]:
+        return self.inner.entity_mentions(user_id, query, type_, limit)
+
+    def entity_memories(self, user_id: str, key: str, limit: int) -> list[str]:
+        return self.inner.entity_memories(user_id, key, limit)
+
+    def entity_neighbourhood(self, user_id: str, key: str, limit: int) -> list[EntityLink]:
+        return self.inner.entity_neighbourhood(user_id, key, limit)
 
     def user_graph(self, user_id: str, limit: int) -> list[tuple[str, int, list[str]]]:
         return self.inner.user_graph(user_id, limit)

@@ -26,7 +26,9 @@ from app.keys import ApiKeys
 from app.outbox import Outbox
 from app.projector import Projector
 from app.queue import ProjectionQueue
+from app.reembed import Reembedder
 from app.relay import Relay
+from app.retrieval import Retrieval
 from app.scheduler import Scheduler, default_tasks
 from app.settings import Settings
 from app.store import MemoryService
@@ -90,6 +92,15 @@ class Services:
         return MemoryService(self.settings, self.db, self.outbox, self.embedder)
 
     @cached_property
+    def retrieval(self) -> Retrieval:
+        return Retrieval(self.settings, self.db, self.embedder, self.graph)
+
+    @cached_property
+    def reembedder(self) -> Reembedder:
+        return Reembedder(self.settings, self.db, self.embedder,
+                          lambda: self.memories.ts_config)
+
+    @cached_property
     def admin(self) -> AdminService:
         return AdminService(self.settings, self.db, self.outbox, self.breakers,
                             lambda: self.graph)
@@ -123,7 +134,8 @@ class Services:
 
     def scheduler(self) -> Scheduler:
         return Scheduler(self.db, default_tasks(self.settings, self.outbox, self.consistency,
-                                                self.memories, self.breakers))
+                                                self.memories, self.breakers,
+                                                self.reembedder))
 
     def close(self) -> None:
         """Close what this object built (not what it was given)."""

@@ -47,8 +47,10 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
         own = services is None
         parts = services if services is not None else build_services(settings)
         try:
-            # A mismatched EMBEDDING_DIM would fail every write later; refuse to start instead.
+            # A mismatched EMBEDDING_DIM would fail every write later, a broken model install
+            # every search: refuse to start instead.
             await run_in_threadpool(parts.db.check_embedding_dimension)
+            await run_in_threadpool(parts.embedder.load)
             app.state.services = parts
             log.info("api started", extra={"action": "api.start"})
             yield

@@ -19,6 +19,7 @@ from app.consistency import Consistency
 from app.errors import Forbidden, Unauthorized
 from app.keys import Principal
 from app.outbox import Outbox
+from app.retrieval import Retrieval
 from app.store import MemoryService
 from app.wiring import Services
 
@@ -41,6 +42,11 @@ async def get_memory_service(services: ServicesDep) -> MemoryService:
     return services.memories
 
 
+async def get_retrieval(services: ServicesDep) -> Retrieval:
+    """Search, related memories and entities."""
+    return services.retrieval
+
+
 async def get_admin_service(services: ServicesDep) -> AdminService:
     """Health, readiness and stats."""
     return services.admin
@@ -57,6 +63,7 @@ async def get_consistency(services: ServicesDep) -> Consistency:
 
 
 MemoryServiceDep = Annotated[MemoryService, Depends(get_memory_service)]
+RetrievalDep = Annotated[Retrieval, Depends(get_retrieval)]
 AdminServiceDep = Annotated[AdminService, Depends(get_admin_service)]
 OutboxDep = Annotated[Outbox, Depends(get_outbox)]
 ConsistencyDep = Annotated[Consistency, Depends(get_consistency)]

@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from app.consistency import Operation
-from app.domain import MAX_PAGE, MAX_TOP_K, Memory, ScoredMemory
+from app.domain import MAX_PAGE, MAX_TOP_K, Memory
 from app.errors import ValidationError
 from app.validation import (
     MAX_BIGINT,
@@ -147,20 +147,105 @@ class UpdateRequest(StrictBody):
 
 
 class SearchRequest(StrictBody):
-    """A semantic search over one user's memories."""
+    """A search over one user's memories: by meaning, by words, or both (the default)."""
 
     user_id: UserId
     query: Content
+    mode: Literal["vector", "text", "hybrid"] = Field(default="hybrid", description=(
+        "`vector`: nearest by meaning (the configured embedder's vectors); `text`: Postgres "
+        "full-text search; `hybrid`: both lists fused by reciprocal rank."))
     top_k: Annotated[StrictInt, Field(ge=1, le=MAX_TOP_K)] = 10
     metadata: Metadata | None = Field(
         default=None, description="Only memories whose metadata contains this object.")
     min_importance: Importance = 1
+    expand: Literal["graph"] | None = Field(default=None, description=(
+        "`graph`: add the hits' graph neighbours (memories sharing entities with them), "
+        "marked `via: graph`."))
+
+
+class EntityRef(BaseModel):
+    """An entity of the user: `key` is `type:name` (the name normalised)."""
+
+    key: str
+    name: str
+    type: str
+
+
+class SearchHit(Memory):
+    """A memory found, and where it ranked."""
+
+    score: float = Field(description=(
+        "hybrid: the fused score (sum of 1 / (k + rank)); vector: cosine similarity; text: "
+        "Postgres' text rank; 0 for graph neighbours."))
+    similarity: float | None = Field(default=None, description="Cosine similarity, if ranked.")
+    vector_rank: int | None = Field(default=None, description="Rank in the vector list.")
+    text_rank: int | None = Field(default=None, description="Rank in the full-text list.")
+    text_score: float | None = None
+    via: Literal["search", "graph"] = "search"
+    neighbour_of: uuid.UUID | None = Field(default=None, description=(
+        "via graph: the hit whose neighbour this is."))
+    shared_entities: list[EntityRef] = Field(default_factory=list, description=(
+        "via graph: the entities it shares with that hit."))
+
+
+class GraphAnswer(BaseModel):
+    """How a read of the graph was answered."""
+
+    source: Literal["graph", "postgres"]
+    degraded: bool = Field(description=(
+        "True when the graph was unavailable or behind and the answer comes from the "
+        "extractions cached in Postgres."))
+    reason: str | None = None
 
 
 class SearchResult(BaseModel):
-    """Matches, best first."""
+    """Matches, best first (then graph neighbours, with expand)."""
 
-    items: list[ScoredMemory]
+    items: list[SearchHit]
+    mode: Literal["vector", "text", "hybrid"]
+    embedder: str = Field(description="The embedder whose vectors were compared.")
+    pending_reembed: int = Field(description=(
+        "This user's memories whose vectors are not the configured embedder's yet (they are "
+        "found by text until `memctl reembed` or the scheduler moves them)."))
+    graph: GraphAnswer | None = Field(default=None, description="With expand: how.")
+
+
+class RelatedItem(BaseModel):
+    memory: Memory
+    shared_entities: list[EntityRef]
+
+
+class RelatedResult(BaseModel):
+    """The user's live memories sharing entities with this one, most shared first, then most
+    important, then most recent."""
+
+    memory_id: uuid.UUID
+    memory_version: int
+    graph_version: int | None = Field(description="The version the graph has (null: none).")
+    items: list[RelatedItem]
+    degraded: bool
+    source: Literal["graph", "postgres"]
+    reason: str | None = None
+
+
+class EntityItem(EntityRef):
+    mentions: int = Field(description="Live memories that mention it.")
+
+
+class EntitiesResult(BaseModel):
+    items: list[EntityItem]
+    degraded: bool
+    source: Literal["graph", "postgres"]
+    reason: str | None = None
+    in_transit: int = Field(description="This user's changes the graph has not applied yet.")
+
+
+class EntityMemoriesResult(BaseModel):
+    items: list[Memory]
+    degraded: bool
+    source: Literal["graph", "postgres"]
+    reason: str | None = None
+    in_transit: int
 
 
 class Deleted(BaseModel):
@@ -466,3 +551,18 @@ class ApiKeyCreated(ApiKey):
 
 class ApiKeyList(BaseModel):
     items: list[ApiKey]
+
+
+class ReembedStatus(BaseModel):
+    """How far the corpus is from the configured embedder."""
+
+    embedder: str
+    live: int
+    pending: int = Field(description="Live memories whose vector is not the embedder's yet.")
+    column_dimension: int
+    dimension: int
+    dimension_ok: bool = Field(description=(
+        "False: run `memctl reembed --change-dimension` first."))
+    running: bool = Field(description="A run started by this web process is going on.")
+    last_run: dict[str, Any] | None = Field(default=None, description=(
+        "The report of the last run this web process finished, or its error."))

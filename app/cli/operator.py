@@ -31,6 +31,7 @@ from app.cli.output import (
 from app.consistency import CheckReport, SyncReport, SyncRequest
 from app.errors import ValidationError
 from app.outbox import DeadLetterFilter, DeadStatus, ReplaySelection
+from app.retrieval import parse_key, public_key
 
 sync_app = typer.Typer(no_args_is_help=True,
                        help="Consistency of the graph with Postgres: check, repair, full, rebuild.")
@@ -304,10 +305,17 @@ def outbox_stats(as_json: JsonOpt = False) -> None:
 
 def graph(
     user: Annotated[str, typer.Argument(help="whose memories to show")],
+    entity: Annotated[str | None, typer.Option(
+        "--entity", help="Show this entity's neighbourhood instead (type:name, e.g. "
+                         "'person:john smith').")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="at most this many")] = 20,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show what Neo4j has for one user: each memory's version and the entities it mentions."""
+    """Show what Neo4j has for one user: each memory's version and the entities it mentions,
+    or (--entity) the entities one is related to and the memories that mention it."""
+    if entity is not None:
+        _neighbourhood(user, entity, limit, as_json)
+        return
     with services() as parts:
         rows = parts.graph.user_graph(user, limit)
     if as_json:
@@ -317,6 +325,61 @@ def graph(
     for memory_id, version, entities in rows:
         table.add_row(memory_id, str(version), ", ".join(entities))
     console.print(table)
+
+
+def _neighbourhood(user: str, key: str, limit: int, as_json: bool) -> None:
+    with services() as parts:
+        full = parse_key(user, key)
+        links = parts.graph.entity_neighbourhood(user, full, limit)
+        memories = parts.retrieval.entity_memories(user, key, limit=limit)
+    if as_json:
+        emit_json({"entity": key, "links": [
+            {"key": public_key(link.entity.key), "name": link.entity.name,
+             "type": link.entity.type, "predicate": link.predicate,
+             "memories": link.memories} for link in links],
+            "memories": [{"id": str(m.id), "content": m.content} for m in memories.items]})
+        return
+    table = Table("related entity", "type", "relation", "memories", title=f"{key} ({user})")
+    for link in links:
+        table.add_row(escape(link.entity.name), link.entity.type, link.predicate,
+                      str(link.memories))
+    console.print(table)
+    mentioned = Table("memory", "content", title="memories that mention it")
+    for m in memories.items:
+        mentioned.add_row(str(m.id), short(m.content, 70))
+    console.print(mentioned)
+
+
+def reembed(
+    change_dimension: Annotated[bool, typer.Option(
+        "--change-dimension", help="First give the vector column the configured embedder's "
+                                   "dimension (drops every vector; search falls back to text "
+                                   "until the run ends).")] = False,
+    status_only: Annotated[bool, typer.Option("--status", help="Only report what is pending.")
+                           ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Move every memory to the configured embedder (resumable: run it again after a stop)."""
+    with services() as parts:
+        job = parts.reembedder
+        status = job.status()
+        if status_only:
+            report = {**status.__dict__, "dimension_ok": status.dimension_ok}
+            if as_json:
+                emit_json(report)
+            else:
+                _summary_table("re-embedding", report)
+            return
+        if change_dimension and not status.dimension_ok:
+            job.change_dimension()
+        parts.embedder.load()
+        with progress_bars(not as_json) as progress:
+            result = job.run(progress=(lambda done, total: progress("reembed", done, total))
+                             if progress else None)
+    if as_json:
+        emit_json({"embedder": status.embedder, **result.__dict__})
+    else:
+        _summary_table(f"re-embedded with {status.embedder}", result.__dict__)
 
 
 def health(as_json: JsonOpt = False) -> None:
@@ -421,4 +484,5 @@ def register(app: typer.Typer) -> None:
     app.add_typer(outbox_app, name="outbox")
     app.add_typer(keys_app, name="keys")
     app.command()(graph)
+    app.command()(reembed)
     app.command()(health)

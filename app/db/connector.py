@@ -101,6 +101,11 @@ class Tx:
         """Run a statement; the number of rows it changed."""
         return int(self._conn.execute(_clause(name), dict(params or {})).rowcount)
 
+    def execute_formatted(self, name: str, **numbers: int) -> None:
+        """A DDL statement whose ``{placeholders}`` are integers (types cannot be bound)."""
+        values = {k: int(v) for k, v in numbers.items()}  # only integers reach the text
+        self._conn.execute(text(sql()[name].format(**values)))
+
     def execute_many(self, name: str, params: Sequence[Params]) -> None:
         """One statement for many parameter sets, in one round trip where the driver can."""
         if params:
@@ -211,7 +216,9 @@ class Database:
         if int(dim) != self.settings.embedding_dim:
             raise ConfigError(
                 f"EMBEDDING_DIM: settings say {self.settings.embedding_dim} but the database "
-                f"column memories.embedding is vector({dim})"
+                f"column memories.embedding is vector({dim}): to move the memories to the new "
+                "embedder, run 'memctl reembed --change-dimension' with these settings, then "
+                "start the processes again"
             )
 
     @contextmanager

@@ -2,10 +2,12 @@
 -- Loaded by app/db/sql.py; each entry starts with "-- name --" and a one-line purpose.
 
 -- insert_memory --
--- A new memory at version 1.
-INSERT INTO memories (user_id, content, embedding, metadata, importance, content_hash)
-VALUES (:user_id, :content, CAST(:embedding AS vector), CAST(:metadata AS jsonb), :importance,
-        :content_hash)
+-- A new memory at version 1, with its vector's embedder and its text for full-text search.
+INSERT INTO memories (user_id, content, embedding, embedder, metadata, importance, content_hash,
+                      search_config, content_tsv)
+VALUES (:user_id, :content, CAST(:embedding AS vector), :embedder, CAST(:metadata AS jsonb),
+        :importance, :content_hash, CAST(:ts_config AS regconfig),
+        to_tsvector(CAST(:ts_config AS regconfig), :content))
 RETURNING id, user_id, content, metadata, importance, version, content_hash, entities, extractor,
           created_at, updated_at, deleted_at;
 
@@ -42,6 +44,9 @@ SELECT version, deleted_at FROM memories WHERE id = :id AND user_id = :user_id;
 UPDATE memories
 SET content = COALESCE(:content, content),
     embedding = COALESCE(CAST(:embedding AS vector), embedding),
+    embedder = COALESCE(:embedder, embedder),
+    search_config = COALESCE(CAST(:ts_config AS regconfig), search_config),
+    content_tsv = COALESCE(to_tsvector(CAST(:ts_config AS regconfig), :content), content_tsv),
     content_hash = COALESCE(:content_hash, content_hash),
     metadata = COALESCE(CAST(:metadata AS jsonb), metadata),
     importance = COALESCE(:importance, importance),
@@ -71,18 +76,6 @@ WHERE user_id = :user_id AND deleted_at IS NULL
   AND (CAST(:after_created AS timestamptz) IS NULL
        OR (created_at, id) < (CAST(:after_created AS timestamptz), CAST(:after_id AS uuid)))
 ORDER BY created_at DESC, id DESC
-LIMIT :limit;
-
--- search_memories --
--- Nearest live memories of one user by cosine distance, through the HNSW index.
-SELECT id, user_id, content, metadata, importance, version, content_hash, entities, extractor,
-       created_at, updated_at, deleted_at,
-       1 - (embedding <=> CAST(:embedding AS vector)) AS score
-FROM memories
-WHERE user_id = :user_id AND deleted_at IS NULL
-  AND metadata @> CAST(:metadata AS jsonb)
-  AND importance >= :min_importance
-ORDER BY embedding <=> CAST(:embedding AS vector)
 LIMIT :limit;
 
 -- search_settings --
@@ -215,9 +208,11 @@ WHERE o.id = ANY(:ids) AND o.status IN ('pending', 'in_flight')
 ORDER BY o.memory_id;
 
 -- save_extraction --
--- Cache an extraction result on the memory, only if the content it was made from is current.
+-- Cache an extraction result (and its entity keys) on the memory, only if the content it was
+-- made from is current.
 UPDATE memories
-SET entities = CAST(:entities AS jsonb), extractor = :extractor, extracted_hash = :content_hash
+SET entities = CAST(:entities AS jsonb), extractor = :extractor, extracted_hash = :content_hash,
+    entity_keys = CAST(:entity_keys AS text[])
 WHERE id = :id AND content_hash = :content_hash;
 
 -- mark_done --
@@ -574,3 +569,131 @@ WHERE c.relkind IN ('r', 'p')
 -- server_version --
 -- The server's version number (like 180006), to name it when pg_dump is older.
 SELECT current_setting('server_version_num');
+
+-- text_search_config --
+-- Whether Postgres knows this text search configuration.
+SELECT cfgname FROM pg_ts_config WHERE cfgname = :name;
+
+-- search_candidates --
+-- One user's live memories near a query vector (the configured embedder's vectors only) and
+-- matching its words, each with its rank in its own list; filters apply to both lists and the
+-- caller fuses them (reciprocal rank fusion).
+WITH vec AS (
+    SELECT id, similarity, row_number() OVER (ORDER BY distance, id) AS rank
+    FROM (SELECT id, embedding <=> CAST(:embedding AS vector) AS distance,
+                 1 - (embedding <=> CAST(:embedding AS vector)) AS similarity
+          FROM memories
+          WHERE CAST(:use_vector AS boolean) AND user_id = :user_id AND deleted_at IS NULL
+            AND embedder = :embedder AND metadata @> CAST(:metadata AS jsonb)
+            AND importance >= :min_importance
+          ORDER BY embedding <=> CAST(:embedding AS vector)
+          LIMIT :pool) v
+), txt AS (
+    SELECT id, text_score, row_number() OVER (ORDER BY text_score DESC, id) AS rank
+    FROM (SELECT m.id, ts_rank_cd(m.content_tsv, q.query) AS text_score
+          FROM memories m,
+               websearch_to_tsquery(CAST(:ts_config AS regconfig), :query) AS q(query)
+          WHERE CAST(:use_text AS boolean) AND m.user_id = :user_id AND m.deleted_at IS NULL
+            AND m.content_tsv @@ q.query AND m.metadata @> CAST(:metadata AS jsonb)
+            AND m.importance >= :min_importance
+          ORDER BY text_score DESC, m.id
+          LIMIT :pool) t
+)
+SELECT m.id, m.user_id, m.content, m.metadata, m.importance, m.version, m.content_hash,
+       m.entities, m.extractor, m.entity_keys, m.created_at, m.updated_at, m.deleted_at,
+       vec.rank AS vector_rank, vec.similarity, txt.rank AS text_rank, txt.text_score
+FROM vec FULL OUTER JOIN txt ON txt.id = vec.id
+JOIN memories m ON m.id = COALESCE(vec.id, txt.id);
+
+-- pending_reembed --
+-- One user's live memories whose vector is not (yet) the configured embedder's.
+SELECT count(*) FROM memories
+WHERE user_id = :user_id AND deleted_at IS NULL AND embedder IS DISTINCT FROM :embedder;
+
+-- user_in_transit --
+-- Open outbox rows of one user: the graph is behind on them.
+SELECT count(*) FROM outbox WHERE user_id = :user_id AND status IN ('pending', 'in_flight');
+
+-- memory_for_retrieval --
+-- One live memory of one user with its cached entity keys.
+SELECT id, user_id, content, metadata, importance, version, content_hash, entities, extractor,
+       extracted_hash, entity_keys, created_at, updated_at, deleted_at
+FROM memories
+WHERE id = :id AND user_id = :user_id AND deleted_at IS NULL;
+
+-- related_by_entities --
+-- One user's live memories sharing entity keys with :keys (from the cached extractions), most
+-- shared first: what related memories are when the graph cannot answer.
+SELECT *
+FROM (SELECT id, user_id, content, metadata, importance, version, content_hash, entities,
+             extractor, entity_keys, created_at, updated_at, deleted_at,
+             ARRAY(SELECT unnest(entity_keys) INTERSECT
+                   SELECT unnest(CAST(:keys AS text[]))) AS shared_keys
+      FROM memories
+      WHERE user_id = :user_id AND deleted_at IS NULL AND id <> ALL(CAST(:exclude AS uuid[]))
+        AND entity_keys && CAST(:keys AS text[])) r
+ORDER BY cardinality(shared_keys) DESC, importance DESC, created_at DESC, id
+LIMIT :limit;
+
+-- user_extractions --
+-- The cached extractions of one user's live memories: entity reads when the graph cannot
+-- answer (bounded).
+SELECT entities FROM memories
+WHERE user_id = :user_id AND deleted_at IS NULL AND entities IS NOT NULL
+LIMIT :limit;
+
+-- memories_with_entity --
+-- One user's live memories whose cached extraction mentions an entity, most important first.
+SELECT id, user_id, content, metadata, importance, version, content_hash, entities, extractor,
+       created_at, updated_at, deleted_at
+FROM memories
+WHERE user_id = :user_id AND deleted_at IS NULL AND entity_keys @> ARRAY[CAST(:key AS text)]
+ORDER BY importance DESC, created_at DESC, id
+LIMIT :limit;
+
+-- reembed_batch --
+-- Live memories whose vector is not the configured embedder's, in id order after :after.
+SELECT id, content, content_hash FROM memories
+WHERE deleted_at IS NULL AND embedder IS DISTINCT FROM :embedder AND id > CAST(:after AS uuid)
+ORDER BY id
+LIMIT :limit;
+
+-- save_embedding --
+-- A memory's new vector, only if its content is still the one embedded.
+UPDATE memories SET embedding = CAST(:embedding AS vector), embedder = :embedder
+WHERE id = :id AND content_hash = :content_hash AND deleted_at IS NULL;
+
+-- reembed_counts --
+-- Live memories, and those whose vector is not the configured embedder's.
+SELECT count(*) AS live,
+       count(*) FILTER (WHERE embedder IS DISTINCT FROM :embedder) AS pending
+FROM memories WHERE deleted_at IS NULL;
+
+-- refresh_search_text --
+-- Rebuild the full-text column of a bounded batch of rows made with another configuration.
+UPDATE memories SET content_tsv = to_tsvector(CAST(:ts_config AS regconfig), content),
+                    search_config = CAST(:ts_config AS regconfig)
+WHERE id IN (SELECT id FROM memories
+             WHERE search_config IS DISTINCT FROM CAST(:ts_config AS regconfig)
+             LIMIT :limit);
+
+-- drop_vector_index --
+-- Drop the HNSW index before the vector column changes type.
+DROP INDEX IF EXISTS memories_embedding_hnsw;
+
+-- alter_embedding_dimension --
+-- Give the vector column a new dimension: every vector is dropped (rows await re-embedding).
+ALTER TABLE memories ALTER COLUMN embedding TYPE vector({dim}) USING NULL;
+
+-- forget_embedders --
+-- After the vectors were dropped: no row has a vector of any embedder.
+UPDATE memories SET embedder = NULL;
+
+-- vector_index_exists --
+-- Whether the HNSW index over the vectors exists.
+SELECT to_regclass('memories_embedding_hnsw') IS NOT NULL;
+
+-- create_vector_index --
+-- The HNSW cosine index over the vectors (again, after a dimension change).
+CREATE INDEX IF NOT EXISTS memories_embedding_hnsw ON memories
+USING hnsw (embedding vector_cosine_ops);

@@ -81,6 +81,37 @@ class GraphCounts:
     relations: int
 
 
+@dataclass(frozen=True)
+class RelatedMemory:
+    """A live memory of the same user that shares entities with another one."""
+
+    id: str
+    importance: int
+    shared: tuple[EntityRow, ...]  # the entities both mention, by key
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """A memory as the graph has it, with the user's live memories sharing entities with it."""
+
+    version: int
+    deleted: bool
+    related: tuple[RelatedMemory, ...]
+
+
+@dataclass(frozen=True)
+class EntityMentions:
+    entity: EntityRow
+    mentions: int  # live memories of the user that mention it
+
+
+@dataclass(frozen=True)
+class EntityLink:
+    entity: EntityRow
+    predicate: str  # the RELATED edge's predicate (co_mentioned for a shared sentence)
+    memories: int  # memories that make this link
+
+
 class GraphStore(Protocol):
     def ensure_schema(self) -> None:
         """Create constraints and indexes (idempotent)."""
@@ -126,6 +157,24 @@ class GraphStore(Protocol):
 
     def user_graph(self, user_id: str, limit: int) -> list[tuple[str, int, list[str]]]:
         """(memory id, version, ["type: name", ...]) of one user's live memories, by id."""
+
+    def related(self, user_id: str, ids: list[str], limit: int) -> dict[str, Neighbours]:
+        """For each of these memories the graph has for ``user_id``: its version, tombstone
+        flag and up to ``limit`` of the user's live memories sharing entities with it, most
+        shared first, then most important, then by id. Other users' memories are absent."""
+
+    def entity_mentions(self, user_id: str, query: str | None, type_: str | None,
+                        limit: int) -> list[EntityMentions]:
+        """The user's entities that live memories mention (name containing ``query``, any
+        case; of ``type_``), most mentioned first, then by name and key."""
+
+    def entity_memories(self, user_id: str, key: str, limit: int) -> list[str]:
+        """Ids of the user's live memories that mention the entity ``key``, most important
+        first, then by id; empty for another user's key."""
+
+    def entity_neighbourhood(self, user_id: str, key: str, limit: int) -> list[EntityLink]:
+        """The user's entities RELATED to ``key`` (either direction), with the predicate and
+        how many memories make each link, most first."""
 
     def ping(self) -> None:
         """Raise GraphUnavailable unless the graph answers."""

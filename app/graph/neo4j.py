@@ -22,10 +22,15 @@ from app.errors import (
     GraphUnavailable,
 )
 from app.graph.base import (
+    EntityLink,
+    EntityMentions,
+    EntityRow,
     GraphCounts,
     GraphMemory,
     MemoryProjection,
+    Neighbours,
     ProjectResult,
+    RelatedMemory,
 )
 from app.settings import Settings
 
@@ -251,6 +256,41 @@ class Neo4jGraph:
             return list(t.run(c("user_graph"), user_id=user_id, limit=limit))
 
         return [(r["id"], r["version"], list(r["entities"])) for r in self._read(tx)]
+
+    def related(self, user_id: str, ids: list[str], limit: int) -> dict[str, Neighbours]:
+        if not ids:
+            return {}
+
+        def tx(t: ManagedTransaction) -> list[Any]:
+            return list(t.run(c("related"), ids=ids, user_id=user_id, limit=limit))
+
+        return {r["id"]: Neighbours(int(r["version"]), bool(r["deleted"]), tuple(
+            RelatedMemory(o["id"], int(o["importance"]), tuple(sorted(
+                (EntityRow(s["key"], s["name"], s["type"]) for s in o["shared"]),
+                key=lambda e: e.key)))
+            for o in r["related"])) for r in self._read(tx)}
+
+    def entity_mentions(self, user_id: str, query: str | None, type_: str | None,
+                        limit: int) -> list[EntityMentions]:
+        def tx(t: ManagedTransaction) -> list[Any]:
+            return list(t.run(c("entity_mentions"), user_id=user_id, needle=query,
+                              type=type_, limit=limit))
+
+        return [EntityMentions(EntityRow(r["key"], r["name"], r["type"]), int(r["mentions"]))
+                for r in self._read(tx)]
+
+    def entity_memories(self, user_id: str, key: str, limit: int) -> list[str]:
+        def tx(t: ManagedTransaction) -> list[Any]:
+            return list(t.run(c("entity_memories"), user_id=user_id, key=key, limit=limit))
+
+        return [r["id"] for r in self._read(tx)]
+
+    def entity_neighbourhood(self, user_id: str, key: str, limit: int) -> list[EntityLink]:
+        def tx(t: ManagedTransaction) -> list[Any]:
+            return list(t.run(c("entity_neighbourhood"), user_id=user_id, key=key, limit=limit))
+
+        return [EntityLink(EntityRow(r["key"], r["name"], r["type"]), r["predicate"],
+                           int(r["memories"])) for r in self._read(tx)]
 
     def ping(self) -> None:
         self._run(self.driver.verify_connectivity)

@@ -168,3 +168,50 @@ WITH m, e ORDER BY e.type, e.name
 RETURN m.id AS id, m.version AS version, collect(e.type + ': ' + e.name) AS entities
 ORDER BY id
 LIMIT $limit
+
+// related //
+// For some memories of one user: version, tombstone flag, and the user's live memories that
+// share entities with each (most shared first, then importance, then id), at most $limit each.
+UNWIND $ids AS id
+MATCH (m:Memory {id: id})
+WHERE m.user_id = $user_id
+OPTIONAL MATCH (m)-[:MENTIONS]->(e:Entity)<-[:MENTIONS]-(o:Memory)
+WHERE e.user_id = $user_id AND o.user_id = $user_id AND o.id <> m.id
+  AND coalesce(o.deleted, false) = false
+WITH m, o, collect(DISTINCT e) AS shared
+ORDER BY size(shared) DESC, coalesce(o.importance, 0) DESC, o.id
+WITH m, collect(CASE WHEN o IS NULL THEN null ELSE
+                {id: o.id, importance: coalesce(o.importance, 0),
+                 shared: [s IN shared | {key: s.key, name: s.name, type: s.type}]} END) AS related
+RETURN m.id AS id, m.version AS version, coalesce(m.deleted, false) AS deleted,
+       related[0..$limit] AS related
+
+// entity_mentions //
+// One user's entities that live memories mention, with how many, most mentioned first.
+MATCH (e:Entity)
+WHERE e.user_id = $user_id AND ($type IS NULL OR e.type = $type)
+  AND ($needle IS NULL OR toLower(e.name) CONTAINS toLower($needle))
+MATCH (e)<-[:MENTIONS]-(m:Memory)
+WHERE m.user_id = $user_id AND coalesce(m.deleted, false) = false
+WITH e, count(DISTINCT m) AS mentions
+RETURN e.key AS key, e.name AS name, e.type AS type, mentions
+ORDER BY mentions DESC, e.name, e.key
+LIMIT $limit
+
+// entity_memories //
+// One user's live memories that mention an entity of theirs, most important first.
+MATCH (e:Entity {key: $key})<-[:MENTIONS]-(m:Memory)
+WHERE e.user_id = $user_id AND m.user_id = $user_id AND coalesce(m.deleted, false) = false
+RETURN m.id AS id
+ORDER BY coalesce(m.importance, 0) DESC, m.id
+LIMIT $limit
+
+// entity_neighbourhood //
+// The user's entities RELATED to one of theirs (either direction), with each predicate and
+// how many memories make the link.
+MATCH (e:Entity {key: $key})-[r:RELATED]-(o:Entity)
+WHERE e.user_id = $user_id AND o.user_id = $user_id AND r.user_id = $user_id
+WITH o, r.predicate AS predicate, count(DISTINCT r.memory_id) AS memories
+RETURN o.key AS key, o.name AS name, o.type AS type, predicate, memories
+ORDER BY memories DESC, key, predicate
+LIMIT $limit

@@ -278,7 +278,7 @@ def test_another_users_memory_answers_as_a_missing_one(client: TestClient, db: D
     assert filtered.json()["items"] == []
     found = client.post("/api/memories/search",
                         json={"user_id": "bob", "query": "Alice's secret plan"})
-    assert found.json() == {"items": []}
+    assert found.json()["items"] == []
 
     # Alice's memory is untouched: same version, one outbox row.
     response = client.get(f"/api/memories/{mid}", params={"user_id": "alice"})

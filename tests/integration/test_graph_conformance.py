@@ -676,6 +676,10 @@ def test_a_fake_that_is_down_raises_graph_unavailable_everywhere() -> None:
         "remove_cross_user_edges": lambda: fake.remove_cross_user_edges(),
         "clear": lambda: fake.clear(None),
         "user_graph": lambda: fake.user_graph(ALICE, 10),
+        "related": lambda: fake.related(ALICE, ["m1"], 5),
+        "entity_mentions": lambda: fake.entity_mentions(ALICE, None, None, 5),
+        "entity_memories": lambda: fake.entity_memories(ALICE, "k", 5),
+        "entity_neighbourhood": lambda: fake.entity_neighbourhood(ALICE, "k", 5),
         "ping": lambda: fake.ping(),
     }
     assert set(calls) | {"close"} == set(interface_methods())
@@ -686,11 +690,90 @@ def test_a_fake_that_is_down_raises_graph_unavailable_everywhere() -> None:
     assert fake.snapshot(["m1"])["m1"].version == 1  # nothing changed while down
 
 
+# -- reads for retrieval ---------------------------------------------------------------------
+
+
+def mem_i(id_: str, version: int, importance: int, *entities: EntityRow, user: str = ALICE,
+          relations: tuple[RelationRow, ...] = ()) -> MemoryProjection:
+    """A projection row with an importance."""
+    return MemoryProjection(id=id_, user_id=user, version=version, deleted=False,
+                            importance=importance, entities=entities, relations=relations)
+
+
+def test_related_ranks_by_shared_entities_then_importance_and_stays_in_the_user(
+        graph: GraphStore) -> None:
+    john, sarah, acme = ent(ALICE, "John"), ent(ALICE, "Sarah"), ent(ALICE, "Acme", "org")
+    graph.project([
+        mem_i("m1", 3, 5, john, sarah, acme),
+        mem_i("m2", 1, 2, john, sarah),          # two shared
+        mem_i("m3", 1, 9, john),                  # one shared, important
+        mem_i("m4", 1, 1, acme),                  # one shared, unimportant
+        mem_i("m5", 1, 9, ent(ALICE, "Other")),   # nothing shared
+        mem_i("m6", 2, 9, john), mem_i("b1", 1, 9, ent(BOB, "John"), user=BOB),
+    ])
+    graph.project([mem("m6", 3, deleted=True)])  # deleted: never related
+    found = graph.related(ALICE, ["m1", "m5", "b1", "nope"], 10)
+    assert set(found) == {"m1", "m5"}  # bob's memory and unknown ids are absent
+    assert (found["m1"].version, found["m1"].deleted) == (3, False)
+    assert [r.id for r in found["m1"].related] == ["m2", "m3", "m4"]
+    assert [e.key for e in found["m1"].related[0].shared] == sorted([john.key, sarah.key])
+    assert found["m1"].related[1].importance == 9
+    assert found["m5"].related == ()
+    assert [r.id for r in graph.related(ALICE, ["m1"], 1)["m1"].related] == ["m2"]
+    assert graph.related(BOB, ["m1"], 10) == {}
+    assert graph.related(ALICE, [], 10) == {}
+
+
+def test_entity_mentions_count_live_memories_and_filter(graph: GraphStore) -> None:
+    john, jo, acme = ent(ALICE, "John"), ent(ALICE, "Joanna"), ent(ALICE, "Acme", "org")
+    graph.project([mem_i("m1", 1, 5, john, acme), mem_i("m2", 1, 5, john, jo),
+                   mem_i("m3", 1, 5, jo), mem_i("m4", 1, 5, acme),
+                   mem_i("b1", 1, 5, ent(BOB, "John"), user=BOB)])
+    graph.project([mem("m4", 2, deleted=True)])
+    found = graph.entity_mentions(ALICE, None, None, 10)
+    assert [(m.entity.key, m.mentions) for m in found] == [
+        (jo.key, 2), (john.key, 2), (acme.key, 1)]  # most mentioned, then by name
+    assert [m.entity.name for m in graph.entity_mentions(ALICE, "JO", None, 10)] == [
+        "Joanna", "John"]
+    assert [m.entity.name for m in graph.entity_mentions(ALICE, None, "org", 10)] == ["Acme"]
+    assert len(graph.entity_mentions(ALICE, None, None, 1)) == 1
+    assert [m.entity.key for m in graph.entity_mentions(BOB, None, None, 10)] == [
+        ent(BOB, "John").key]
+
+
+def test_entity_memories_are_the_users_live_ones_most_important_first(
+        graph: GraphStore) -> None:
+    john = ent(ALICE, "John")
+    graph.project([mem_i("m1", 1, 2, john), mem_i("m2", 1, 8, john), mem_i("m3", 1, 8, john),
+                   mem_i("m4", 1, 9, john), mem_i("b1", 1, 9, ent(BOB, "John"), user=BOB)])
+    graph.project([mem("m4", 2, deleted=True)])
+    assert graph.entity_memories(ALICE, john.key, 10) == ["m2", "m3", "m1"]
+    assert graph.entity_memories(ALICE, john.key, 1) == ["m2"]
+    assert graph.entity_memories(BOB, john.key, 10) == []  # not bob's entity
+    assert graph.entity_memories(ALICE, ent(BOB, "John").key, 10) == []
+
+
+def test_entity_neighbourhood_follows_related_edges_both_ways(graph: GraphStore) -> None:
+    john, sarah, acme = ent(ALICE, "John"), ent(ALICE, "Sarah"), ent(ALICE, "Acme", "org")
+    graph.project([
+        mem_i("m1", 1, 5, john, acme, relations=(rel(john, acme, "works_at"),)),
+        mem_i("m2", 1, 5, john, acme, relations=(rel(john, acme, "works_at"),)),
+        mem_i("m3", 1, 5, sarah, john, relations=(rel(sarah, john, "met"),)),
+        mem_i("b1", 1, 5, ent(BOB, "John"), ent(BOB, "Acme", "org"), user=BOB,
+              relations=(rel(ent(BOB, "John"), ent(BOB, "Acme", "org"), "works_at"),)),
+    ])
+    links = graph.entity_neighbourhood(ALICE, john.key, 10)
+    assert [(link.entity.key, link.predicate, link.memories) for link in links] == [
+        (acme.key, "works_at", 2), (sarah.key, "met", 1)]
+    assert graph.entity_neighbourhood(ALICE, john.key, 1)[0].entity.name == "Acme"
+    assert graph.entity_neighbourhood(BOB, john.key, 10) == []
+
+
 # -- FailingGraph -------------------------------------------------------------------------------
 
 
 def interface_methods() -> list[str]:
-    """The 15 method names of the GraphStore protocol."""
+    """The 19 method names of the GraphStore protocol."""
     return sorted(n for n, v in vars(GraphStore).items()
                   if callable(v) and not n.startswith("_"))
 
@@ -722,6 +805,10 @@ ARGS: dict[str, tuple[Any, ...]] = {
     "remove_cross_user_edges": (),
     "clear": (BOB,),
     "user_graph": (ALICE, 9),
+    "related": (ALICE, ["m1"], 4),
+    "entity_mentions": (ALICE, "jo", "person", 6),
+    "entity_memories": (ALICE, "k1", 7),
+    "entity_neighbourhood": (ALICE, "k1", 8),
     "ping": (),
     "close": (),
 }
@@ -729,7 +816,7 @@ ARGS: dict[str, tuple[Any, ...]] = {
 
 def test_the_suite_knows_every_interface_method() -> None:
     methods = interface_methods()
-    assert len(methods) == 15 and set(ARGS) == set(methods)
+    assert len(methods) == 19 and set(ARGS) == set(methods)
     source = inspect.getsource(sys.modules[__name__])
     untested = [m for m in methods if f"graph.{m}(" not in source]
     assert untested == []

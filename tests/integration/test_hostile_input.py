@@ -19,10 +19,12 @@ from starlette.exceptions import StarletteDeprecationWarning
 
 from app.api import create_app
 from app.db.connector import Database
-from app.embeddings import HashingEmbedder, to_pgvector
+from app.embeddings import MiniLMEmbedder, to_pgvector
 from app.errors import ValidationError
+from app.retrieval import Retrieval
 from app.settings import Settings
 from app.store import MemoryService
+from app.testing import FakeGraph
 from tests.conftest import bearer
 
 with warnings.catch_warnings():
@@ -178,7 +180,8 @@ def test_the_python_api_enforces_the_same_contract(settings: Settings, db: Datab
                  lambda: service.store("alice", "x", metadata={"n": float("nan")}),
                  lambda: service.store("alice", "x", metadata={"\ud800": 1}),
                  lambda: service.list("alice", metadata={"k": "\u0000"}),
-                 lambda: service.search("alice", "\u0000"),
+                 lambda: Retrieval(settings, db, service.embedder, FakeGraph()).search(
+                     "alice", "\u0000"),
                  lambda: service.update("alice", MID, importance=2, expected_version=BIG)):
         with pytest.raises(ValidationError):
             call()
@@ -199,14 +202,17 @@ HOSTILE_ROWS = {
 
 
 def plant(db: Database, case: dict[str, str]) -> str:
-    """A memory row inserted straight into Postgres, as a script or old bug might."""
+    """A memory row inserted straight into Postgres, as a script or old bug might (with the
+    configured embedder's vector of "odd row", so a search finds it)."""
     values = {"content": "odd row", "metadata": "{}", "entities": None, **case}
+    embedder = MiniLMEmbedder()
     with db.engine.begin() as conn:
         return str(conn.execute(text(
-            "INSERT INTO memories (user_id, content, embedding, metadata, content_hash, entities)"
-            " VALUES ('alice', :content, CAST(:embedding AS vector), CAST(:metadata AS jsonb),"
-            " 'h', CAST(:entities AS jsonb)) RETURNING id"),
-            {**values, "embedding": to_pgvector(HashingEmbedder(384).embed_one("odd row"))},
+            "INSERT INTO memories (user_id, content, embedding, embedder, metadata, content_hash,"
+            " entities) VALUES ('alice', :content, CAST(:embedding AS vector), :embedder,"
+            " CAST(:metadata AS jsonb), 'h', CAST(:entities AS jsonb)) RETURNING id"),
+            {**values, "embedding": to_pgvector(embedder.embed(["odd row"])[0]),
+             "embedder": embedder.identity},
         ).scalar_one())
 
 

@@ -15,8 +15,10 @@ from app.db.connector import Database
 from app.embeddings import HashingEmbedder
 from app.errors import NotFound, ValidationError, VersionConflict
 from app.outbox import Outbox
+from app.retrieval import Retrieval
 from app.settings import Settings
 from app.store import MemoryService, NewMemory
+from app.testing import FakeGraph
 from devtools.localservers import free_port
 
 pytestmark = pytest.mark.servers
@@ -137,7 +139,8 @@ def test_writes_succeed_while_redis_and_neo4j_are_unreachable(
     updated = service.update("alice", memory.id, importance=9)
     batch, _ = service.store_many("alice", [NewMemory("one"), NewMemory("two")])
     version = service.delete("alice", batch[0].id)
-    assert service.search("alice", "graph down", top_k=3)
+    found = Retrieval(down, db, service.embedder, FakeGraph()).search("alice", "graph down")
+    assert found.hits and found.graph is None  # no graph read without expand
     assert service.list("alice").items
 
     assert (updated.version, version) == (2, 2)
@@ -272,37 +275,6 @@ def test_compare_and_set_updates_lose_nothing(service: MemoryService, db: Databa
 
 
 # -- reads ------------------------------------------------------------------------------------
-
-
-def test_search_returns_nearest_first_and_applies_filters(service: MemoryService) -> None:
-    roadmap, _ = service.store("alice", "Meeting with John about the Q4 roadmap",
-                               {"project": "apollo", "tags": ["work", "q4"]}, 8)
-    budget, _ = service.store("alice", "Q4 budget review with finance",
-                              {"project": "apollo", "tags": ["work"]}, 4)
-    service.store("alice", "Buy oat milk and bread", {"project": "home"}, 9)
-    service.store("alice", "Dentist appointment on Tuesday", {}, 2)
-    gone, _ = service.store("alice", "Meeting with John about the Q4 roadmap draft")
-    service.delete("alice", gone.id)
-    service.store("bob", "Meeting with John about the Q4 roadmap", {"project": "apollo"}, 10)
-
-    results = service.search("alice", "John Q4 roadmap meeting", top_k=10)
-    assert results[0].id == roadmap.id
-    assert [r.score for r in results] == sorted((r.score for r in results), reverse=True)
-    assert {r.user_id for r in results} == {"alice"}
-    assert gone.id not in {r.id for r in results}
-    assert len(results) == 4
-
-    top_one = service.search("alice", "John Q4 roadmap meeting", top_k=1)
-    assert [r.id for r in top_one] == [roadmap.id]
-
-    apollo = service.search("alice", "anything at all", metadata={"project": "apollo"})
-    assert {r.id for r in apollo} == {roadmap.id, budget.id}
-    tagged = service.search("alice", "work", metadata={"tags": ["q4"]})  # jsonb containment
-    assert [r.id for r in tagged] == [roadmap.id]
-    important = service.search("alice", "Q4 roadmap", min_importance=5,
-                               metadata={"project": "apollo"})
-    assert [r.id for r in important] == [roadmap.id]
-    assert service.search("alice", "Q4", metadata={"project": "nope"}) == []
 
 
 def test_list_paginates_without_duplicates_or_gaps(service: MemoryService) -> None:

@@ -74,7 +74,7 @@ class ScriptedExtractor(WordsExtractor):
 def cached_row(content: str, *, deleted: bool = False) -> WorkItem:
     """A row whose memory already has a current cached extraction (or is deleted)."""
     m = uuid.uuid4()
-    record = extraction_record(m, content_hash(content), WordsExtractor.identity,
+    record = extraction_record(state(m, 1, content), WordsExtractor.identity,
                                WordsExtractor().extract(content))
     return row(dataclasses.replace(state(m, 1, content, deleted=deleted),
                                    entities=json.loads(record["entities"]),

@@ -9,10 +9,11 @@ runs them in its thread pool.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request
 
 from app.api.deps import AdminPrincipal, AdminServiceDep, OutboxDep, ServicesDep, require_admin
 from app.api.errors import AUTH_ERRORS, FORBIDDEN, ErrorBody
@@ -28,6 +29,7 @@ from app.api.schemas import (
     DiscardResult,
     IsoDateTime,
     OutboxStats,
+    ReembedStatus,
     ReplayRequest,
     ReplayResult,
     Stats,
@@ -36,7 +38,9 @@ from app.api.schemas import (
     Whoami,
 )
 from app.domain import MAX_PAGE
+from app.errors import Busy, MemoryPersistenceError, ValidationError
 from app.outbox import DeadLetterFilter, ReplaySelection
+from app.reembed import Reembedder
 from app.validation import MAX_BIGINT
 
 router = APIRouter(prefix="/api/admin", tags=["admin"], dependencies=[Depends(require_admin)],
@@ -173,3 +177,67 @@ def revoke_key(key_id: Annotated[int, Path(ge=1, le=MAX_BIGINT)], principal: Adm
     """Every web process refuses the key within API_KEY_CACHE_SECONDS; revoking twice is
     harmless."""
     return ApiKey.model_validate(services.keys.revoke(key_id, actor=principal.actor))
+
+
+class _ReembedRuns:
+    """The re-embedding started from this web process, in a thread of its own.
+
+    Progress is in the rows (resumable anywhere); this only remembers the last outcome.
+    """
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+        self.last: dict[str, Any] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def start(self, job: Reembedder) -> None:
+        def work() -> None:
+            try:
+                self.last = dataclasses.asdict(job.run())
+            except MemoryPersistenceError as exc:
+                self.last = {"error": str(exc), "code": exc.code}
+
+        self.thread = threading.Thread(target=work, name="reembed", daemon=True)
+        self.thread.start()
+
+
+def _runs(request: Request) -> _ReembedRuns:
+    if not hasattr(request.app.state, "reembed_runs"):
+        request.app.state.reembed_runs = _ReembedRuns()
+    runs: _ReembedRuns = request.app.state.reembed_runs
+    return runs
+
+
+def _reembed_status(services: ServicesDep, runs: _ReembedRuns) -> ReembedStatus:
+    status = services.reembedder.status()
+    return ReembedStatus(**dataclasses.asdict(status), dimension_ok=status.dimension_ok,
+                         running=runs.running, last_run=runs.last)
+
+
+@router.get("/reembed", response_model=ReembedStatus, summary="Re-embedding status")
+def reembed_status(services: ServicesDep, request: Request) -> ReembedStatus:
+    """How many memories still have another embedder's vector (the scheduler moves them in the
+    background, REEMBED_PER_MINUTE at most; `memctl reembed` does it at once)."""
+    return _reembed_status(services, _runs(request))
+
+
+@router.post("/reembed", status_code=202, response_model=ReembedStatus,
+             summary="Re-embed every memory now, in the background",
+             responses={409: {"model": ErrorBody, "description": "A run is going on"}})
+def start_reembed(services: ServicesDep, request: Request) -> ReembedStatus:
+    """Start moving every pending memory to the configured embedder in this web process;
+    `GET /api/admin/reembed` follows it. A dimension change needs `memctl reembed
+    --change-dimension` (it changes the column)."""
+    status = services.reembedder.status()
+    if not status.dimension_ok:
+        raise ValidationError(
+            f"the vector column is vector({status.column_dimension}) but the embedder makes "
+            f"{status.dimension}: run 'memctl reembed --change-dimension'", "embedder")
+    runs = _runs(request)
+    if runs.running:
+        raise Busy("a re-embedding started here is still running")
+    runs.start(services.reembedder)
+    return _reembed_status(services, runs)

@@ -7,22 +7,33 @@ the service is synchronous: FastAPI runs them in its thread pool.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
 
-from app.api.deps import MemoryServiceDep, ServicePrincipal, require_service
+from app import retrieval as retrieval_types
+from app.api.deps import MemoryServiceDep, RetrievalDep, ServicePrincipal, require_service
 from app.api.errors import AUTH_ERRORS, CONFLICT, FORBIDDEN, NOT_FOUND, ErrorBody
 from app.api.schemas import (
     BatchResult,
     BatchStoreRequest,
     Deleted,
+    EntitiesResult,
+    EntityItem,
+    EntityMemoriesResult,
+    EntityRef,
+    GraphAnswer,
     LegacyStoreRequest,
+    RelatedItem,
+    RelatedResult,
+    SearchHit,
     SearchRequest,
     SearchResult,
     StoreRequest,
+    Text,
     UpdateRequest,
     UserId,
 )
@@ -209,10 +220,76 @@ def delete_memory(
 
 
 @router.post("/memories/search", response_model=SearchResult, summary="Search memories")
-def search_memories(body: SearchRequest, memories: MemoryServiceDep,
+def search_memories(body: SearchRequest, retrieval: RetrievalDep,
                     principal: ServicePrincipal) -> SearchResult:
-    """Semantic search over this user's live memories, best first, with cosine scores."""
+    """This user's live memories that best match the query, best first: by meaning, by words,
+    or both fused (the default); each hit says where it ranked. With `expand: "graph"`, the
+    hits' graph neighbours follow, marked `via: "graph"`."""
     principal.authorize(body.user_id)
-    items = memories.search(body.user_id, body.query, top_k=body.top_k,
-                            metadata=body.metadata, min_importance=body.min_importance)
-    return SearchResult(items=items)
+    found = retrieval.search(body.user_id, body.query, mode=body.mode, top_k=body.top_k,
+                             metadata=body.metadata, min_importance=body.min_importance,
+                             expand=body.expand)
+    return SearchResult(
+        items=[SearchHit(**h.memory.model_dump(), score=h.score, similarity=h.similarity,
+                         vector_rank=h.vector_rank, text_rank=h.text_rank,
+                         text_score=h.text_score, via=h.via, neighbour_of=h.neighbour_of,
+                         shared_entities=[_ref(e) for e in h.shared]) for h in found.hits],
+        mode=found.mode, embedder=found.embedder, pending_reembed=found.pending_reembed,
+        graph=GraphAnswer(**dataclasses.asdict(found.graph)) if found.graph else None)
+
+
+def _ref(e: retrieval_types.EntityRef) -> EntityRef:
+    return EntityRef(key=e.key, name=e.name, type=e.type)
+
+
+@router.get("/memories/{memory_id}/related", response_model=RelatedResult,
+            summary="Memories related through shared entities", responses=NOT_FOUND)
+def related_memories(
+    memory_id: uuid.UUID, user_id: UserQuery, retrieval: RetrievalDep,
+    principal: ServicePrincipal,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="At most this many.")] = 10,
+) -> RelatedResult:
+    """The user's live memories that share entities with this one (from the graph; from the
+    extractions cached in Postgres, marked `degraded`, when the graph is down or behind)."""
+    principal.authorize(user_id)
+    found = retrieval.related(user_id, memory_id, limit=limit)
+    return RelatedResult(
+        memory_id=found.memory_id, memory_version=found.memory_version,
+        graph_version=found.graph_version,
+        items=[RelatedItem(memory=r.memory, shared_entities=[_ref(e) for e in r.shared])
+               for r in found.items],
+        **dataclasses.asdict(found.answer))
+
+
+@router.get("/entities", response_model=EntitiesResult, summary="A user's entities")
+def list_entities(
+    user_id: UserQuery, retrieval: RetrievalDep, principal: ServicePrincipal,
+    q: Annotated[Text | None, Query(min_length=1, max_length=200, description=(
+        "Part of the name (any case)."))] = None,
+    entity_type: Annotated[str | None, Query(alias="type", pattern=r"^[a-z_]{1,40}$",
+                                             description="Only this type, e.g. person.")
+                           ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+) -> EntitiesResult:
+    """Names, types and mention counts of the user's entities, most mentioned first."""
+    principal.authorize(user_id)
+    found = retrieval.entities(user_id, query=q, type_=entity_type, limit=limit)
+    return EntitiesResult(items=[EntityItem(key=i.entity.key, name=i.entity.name,
+                                            type=i.entity.type, mentions=i.mentions)
+                                 for i in found.items],
+                          in_transit=found.in_transit, **dataclasses.asdict(found.answer))
+
+
+@router.get("/entities/{key}/memories", response_model=EntityMemoriesResult,
+            summary="Memories that mention an entity")
+def entity_memories(
+    key: Annotated[str, Path(max_length=300, description=(
+        "The entity's key, `type:name` (as /api/entities lists it), URL-encoded."))],
+    user_id: UserQuery, retrieval: RetrievalDep, principal: ServicePrincipal,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+) -> EntityMemoriesResult:
+    """The user's live memories that mention this entity, most important first."""
+    principal.authorize(user_id)
+    found = retrieval.entity_memories(user_id, key, limit=limit)
+    return EntityMemoriesResult(items=found.items, in_transit=found.in_transit,
+                                **dataclasses.asdict(found.answer))

@@ -147,9 +147,72 @@ export interface paths {
         put?: never;
         /**
          * Search memories
-         * @description Semantic search over this user's live memories, best first, with cosine scores.
+         * @description This user's live memories that best match the query, best first: by meaning, by words,
+         *     or both fused (the default); each hit says where it ranked. With `expand: "graph"`, the
+         *     hits' graph neighbours follow, marked `via: "graph"`.
          */
         post: operations["search_memories_api_memories_search_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/memories/{memory_id}/related": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Memories related through shared entities
+         * @description The user's live memories that share entities with this one (from the graph; from the
+         *     extractions cached in Postgres, marked `degraded`, when the graph is down or behind).
+         */
+        get: operations["related_memories_api_memories__memory_id__related_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/entities": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A user's entities
+         * @description Names, types and mention counts of the user's entities, most mentioned first.
+         */
+        get: operations["list_entities_api_entities_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/entities/{key}/memories": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Memories that mention an entity
+         * @description The user's live memories that mention this entity, most important first.
+         */
+        get: operations["entity_memories_api_entities__key__memories_get"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -361,6 +424,33 @@ export interface paths {
          *     harmless.
          */
         delete: operations["revoke_key_api_admin_keys__key_id__delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/admin/reembed": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Re-embedding status
+         * @description How many memories still have another embedder's vector (the scheduler moves them in the
+         *     background, REEMBED_PER_MINUTE at most; `memctl reembed` does it at once).
+         */
+        get: operations["reembed_status_api_admin_reembed_get"];
+        put?: never;
+        /**
+         * Re-embed every memory now, in the background
+         * @description Start moving every pending memory to the configured embedder in this web process;
+         *     `GET /api/admin/reembed` follows it. A dimension change needs `memctl reembed
+         *     --change-dimension` (it changes the column).
+         */
+        post: operations["start_reembed_api_admin_reembed_post"];
+        delete?: never;
         options?: never;
         head?: never;
         patch?: never;
@@ -840,11 +930,72 @@ export interface components {
             /** Reason */
             reason: string;
         };
+        /** EntitiesResult */
+        EntitiesResult: {
+            /** Items */
+            items: components["schemas"]["EntityItem"][];
+            /** Degraded */
+            degraded: boolean;
+            /**
+             * Source
+             * @enum {string}
+             */
+            source: "graph" | "postgres";
+            /** Reason */
+            reason?: string | null;
+            /**
+             * In Transit
+             * @description This user's changes the graph has not applied yet.
+             */
+            in_transit: number;
+        };
         /**
          * Entity
          * @description An entity mentioned by a memory; ``key`` is unique per user.
          */
         Entity: {
+            /** Name */
+            name: string;
+            /** Type */
+            type: string;
+        };
+        /** EntityItem */
+        EntityItem: {
+            /** Key */
+            key: string;
+            /** Name */
+            name: string;
+            /** Type */
+            type: string;
+            /**
+             * Mentions
+             * @description Live memories that mention it.
+             */
+            mentions: number;
+        };
+        /** EntityMemoriesResult */
+        EntityMemoriesResult: {
+            /** Items */
+            items: components["schemas"]["Memory"][];
+            /** Degraded */
+            degraded: boolean;
+            /**
+             * Source
+             * @enum {string}
+             */
+            source: "graph" | "postgres";
+            /** Reason */
+            reason?: string | null;
+            /** In Transit */
+            in_transit: number;
+        };
+        /**
+         * EntityRef
+         * @description An entity of the user: `key` is `type:name` (the name normalised).
+         */
+        EntityRef: {
+            /** Key */
+            key: string;
             /** Name */
             name: string;
             /** Type */
@@ -908,6 +1059,24 @@ export interface components {
             details: {
                 [key: string]: unknown;
             };
+        };
+        /**
+         * GraphAnswer
+         * @description How a read of the graph was answered.
+         */
+        GraphAnswer: {
+            /**
+             * Source
+             * @enum {string}
+             */
+            source: "graph" | "postgres";
+            /**
+             * Degraded
+             * @description True when the graph was unavailable or behind and the answer comes from the extractions cached in Postgres.
+             */
+            degraded: boolean;
+            /** Reason */
+            reason?: string | null;
         };
         /** Health */
         Health: {
@@ -1097,6 +1266,78 @@ export interface components {
             /** Seconds */
             seconds: number;
         };
+        /**
+         * ReembedStatus
+         * @description How far the corpus is from the configured embedder.
+         */
+        ReembedStatus: {
+            /** Embedder */
+            embedder: string;
+            /** Live */
+            live: number;
+            /**
+             * Pending
+             * @description Live memories whose vector is not the embedder's yet.
+             */
+            pending: number;
+            /** Column Dimension */
+            column_dimension: number;
+            /** Dimension */
+            dimension: number;
+            /**
+             * Dimension Ok
+             * @description False: run `memctl reembed --change-dimension` first.
+             */
+            dimension_ok: boolean;
+            /**
+             * Running
+             * @description A run started by this web process is going on.
+             */
+            running: boolean;
+            /**
+             * Last Run
+             * @description The report of the last run this web process finished, or its error.
+             */
+            last_run?: {
+                [key: string]: unknown;
+            } | null;
+        };
+        /** RelatedItem */
+        RelatedItem: {
+            memory: components["schemas"]["Memory"];
+            /** Shared Entities */
+            shared_entities: components["schemas"]["EntityRef"][];
+        };
+        /**
+         * RelatedResult
+         * @description The user's live memories sharing entities with this one, most shared first, then most
+         *     important, then most recent.
+         */
+        RelatedResult: {
+            /**
+             * Memory Id
+             * Format: uuid
+             */
+            memory_id: string;
+            /** Memory Version */
+            memory_version: number;
+            /**
+             * Graph Version
+             * @description The version the graph has (null: none).
+             */
+            graph_version: number | null;
+            /** Items */
+            items: components["schemas"]["RelatedItem"][];
+            /** Degraded */
+            degraded: boolean;
+            /**
+             * Source
+             * @enum {string}
+             */
+            source: "graph" | "postgres";
+            /** Reason */
+            reason?: string | null;
+        };
         /** RepairSummary */
         RepairSummary: {
             /**
@@ -1183,8 +1424,11 @@ export interface components {
              */
             skipped?: number[];
         };
-        /** ScoredMemory */
-        ScoredMemory: {
+        /**
+         * SearchHit
+         * @description A memory found, and where it ranked.
+         */
+        SearchHit: {
             /**
              * Id
              * Format: uuid
@@ -1225,13 +1469,46 @@ export interface components {
             truncated?: boolean;
             /**
              * Score
-             * @description Cosine similarity, 1 is identical.
+             * @description hybrid: the fused score (sum of 1 / (k + rank)); vector: cosine similarity; text: Postgres' text rank; 0 for graph neighbours.
              */
             score: number;
+            /**
+             * Similarity
+             * @description Cosine similarity, if ranked.
+             */
+            similarity?: number | null;
+            /**
+             * Vector Rank
+             * @description Rank in the vector list.
+             */
+            vector_rank?: number | null;
+            /**
+             * Text Rank
+             * @description Rank in the full-text list.
+             */
+            text_rank?: number | null;
+            /** Text Score */
+            text_score?: number | null;
+            /**
+             * Via
+             * @default search
+             * @enum {string}
+             */
+            via?: "search" | "graph";
+            /**
+             * Neighbour Of
+             * @description via graph: the hit whose neighbour this is.
+             */
+            neighbour_of?: string | null;
+            /**
+             * Shared Entities
+             * @description via graph: the entities it shares with that hit.
+             */
+            shared_entities?: components["schemas"]["EntityRef"][];
         };
         /**
          * SearchRequest
-         * @description A semantic search over one user's memories.
+         * @description A search over one user's memories: by meaning, by words, or both (the default).
          */
         SearchRequest: {
             /**
@@ -1244,6 +1521,13 @@ export interface components {
              * @description The text to remember (at most MAX_CONTENT_CHARS).
              */
             query: string;
+            /**
+             * Mode
+             * @description `vector`: nearest by meaning (the configured embedder's vectors); `text`: Postgres full-text search; `hybrid`: both lists fused by reciprocal rank.
+             * @default hybrid
+             * @enum {string}
+             */
+            mode?: "vector" | "text" | "hybrid";
             /**
              * Top K
              * @default 10
@@ -1262,14 +1546,36 @@ export interface components {
              * @default 1
              */
             min_importance?: number;
+            /**
+             * Expand
+             * @description `graph`: add the hits' graph neighbours (memories sharing entities with them), marked `via: graph`.
+             */
+            expand?: "graph" | null;
         };
         /**
          * SearchResult
-         * @description Matches, best first.
+         * @description Matches, best first (then graph neighbours, with expand).
          */
         SearchResult: {
             /** Items */
-            items: components["schemas"]["ScoredMemory"][];
+            items: components["schemas"]["SearchHit"][];
+            /**
+             * Mode
+             * @enum {string}
+             */
+            mode: "vector" | "text" | "hybrid";
+            /**
+             * Embedder
+             * @description The embedder whose vectors were compared.
+             */
+            embedder: string;
+            /**
+             * Pending Reembed
+             * @description This user's memories whose vectors are not the configured embedder's yet (they are found by text until `memctl reembed` or the scheduler moves them).
+             */
+            pending_reembed: number;
+            /** @description With expand: how. */
+            graph?: components["schemas"]["GraphAnswer"] | null;
         };
         /** ServerProbe */
         ServerProbe: {
@@ -2251,6 +2557,259 @@ export interface operations {
             };
         };
     };
+    related_memories_api_memories__memory_id__related_get: {
+        parameters: {
+            query: {
+                /** @description The memory's owner. */
+                user_id: string;
+                /** @description At most this many. */
+                limit?: number;
+            };
+            header?: never;
+            path: {
+                memory_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RelatedResult"];
+                };
+            };
+            /** @description Missing or unknown API key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's scope (or namespace) does not allow this request */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such memory for this user */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is larger than MAX_BODY_BYTES */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input; `field` names it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key is over its rate; wait `Retry-After` seconds */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Postgres (or the embedding backend) is unavailable; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    list_entities_api_entities_get: {
+        parameters: {
+            query: {
+                /** @description The memory's owner. */
+                user_id: string;
+                /** @description Part of the name (any case). */
+                q?: string | null;
+                /** @description Only this type, e.g. person. */
+                type?: string | null;
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EntitiesResult"];
+                };
+            };
+            /** @description Missing or unknown API key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's scope (or namespace) does not allow this request */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is larger than MAX_BODY_BYTES */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input; `field` names it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key is over its rate; wait `Retry-After` seconds */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Postgres (or the embedding backend) is unavailable; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    entity_memories_api_entities__key__memories_get: {
+        parameters: {
+            query: {
+                /** @description The memory's owner. */
+                user_id: string;
+                limit?: number;
+            };
+            header?: never;
+            path: {
+                /** @description The entity's key, `type:name` (as /api/entities lists it), URL-encoded. */
+                key: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EntityMemoriesResult"];
+                };
+            };
+            /** @description Missing or unknown API key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's scope (or namespace) does not allow this request */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is larger than MAX_BODY_BYTES */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input; `field` names it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key is over its rate; wait `Retry-After` seconds */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Postgres (or the embedding backend) is unavailable; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     whoami_api_admin_whoami_get: {
         parameters: {
             query?: never;
@@ -3126,6 +3685,163 @@ export interface operations {
             };
             /** @description No such key */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is larger than MAX_BODY_BYTES */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input; `field` names it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key is over its rate; wait `Retry-After` seconds */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Postgres (or the embedding backend) is unavailable; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    reembed_status_api_admin_reembed_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReembedStatus"];
+                };
+            };
+            /** @description Missing or unknown API key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's scope (or namespace) does not allow this request */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is larger than MAX_BODY_BYTES */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input; `field` names it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key is over its rate; wait `Retry-After` seconds */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Postgres (or the embedding backend) is unavailable; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    start_reembed_api_admin_reembed_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReembedStatus"];
+                };
+            };
+            /** @description Missing or unknown API key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's scope (or namespace) does not allow this request */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A run is going on */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };

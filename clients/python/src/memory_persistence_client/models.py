@@ -104,19 +104,63 @@ class StoredMemory(Memory):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ScoredMemory(Memory):
-    """A search hit: ``score`` is the cosine similarity (1 is identical)."""
+class EntityRef:
+    """An entity of the user: ``key`` is ``type:name`` (the name normalised)."""
 
-    score: float
+    key: str
+    name: str
+    type: str
 
     @classmethod
-    def from_json(cls, data: object) -> ScoredMemory:
+    def from_json(cls, data: object) -> EntityRef:
+        body = _obj(data, "entity")
+        try:
+            return cls(key=str(body["key"]), name=str(body["name"]), type=str(body["type"]))
+        except KeyError as exc:
+            raise ProtocolError(f"entity: missing {exc}") from None
+
+
+def _opt_int(value: object) -> int | None:
+    return None if value is None else int(value)  # type: ignore[call-overload]
+
+
+def _opt_float(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchHit(Memory):
+    """A search hit and where it ranked. ``score``: hybrid, the fused score; vector, cosine
+    similarity; text, Postgres' text rank; 0 for a graph neighbour (``via == "graph"``)."""
+
+    score: float
+    similarity: float | None = None
+    vector_rank: int | None = None
+    text_rank: int | None = None
+    text_score: float | None = None
+    via: str = "search"
+    neighbour_of: uuid.UUID | None = None
+    shared_entities: tuple[EntityRef, ...] = ()
+
+    @classmethod
+    def from_json(cls, data: object) -> SearchHit:
         body = _obj(data, "search hit")
         try:
-            score = float(body["score"])
-        except (KeyError, TypeError, ValueError):
-            raise ProtocolError("search hit: missing or bad score") from None
-        return cls(**cls._fields(body), score=score)
+            neighbour = body.get("neighbour_of")
+            return cls(**cls._fields(body), score=float(body["score"]),
+                       similarity=_opt_float(body.get("similarity")),
+                       vector_rank=_opt_int(body.get("vector_rank")),
+                       text_rank=_opt_int(body.get("text_rank")),
+                       text_score=_opt_float(body.get("text_score")),
+                       via=str(body.get("via", "search")),
+                       neighbour_of=uuid.UUID(str(neighbour)) if neighbour else None,
+                       shared_entities=tuple(EntityRef.from_json(e) for e in _list(
+                           body.get("shared_entities", []), "shared_entities")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"search hit: {exc}") from None
+
+
+ScoredMemory = SearchHit  # the name before hybrid search
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -150,24 +194,33 @@ class BatchResult:
 
 @dataclass(frozen=True, kw_only=True)
 class SearchResult:
-    """Search hits, best first; iterable and sized like a list."""
+    """Search hits, best first; iterable and sized like a list. ``pending_reembed`` counts the
+    user's memories whose vectors are not the configured embedder's yet."""
 
-    items: list[ScoredMemory]
+    items: list[SearchHit]
+    mode: str = "hybrid"
+    embedder: str = ""
+    pending_reembed: int = 0
+    graph: dict[str, Any] | None = None
 
-    def __iter__(self) -> Iterator[ScoredMemory]:
+    def __iter__(self) -> Iterator[SearchHit]:
         return iter(self.items)
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> ScoredMemory:
+    def __getitem__(self, index: int) -> SearchHit:
         return self.items[index]
 
     @classmethod
     def from_json(cls, data: object) -> SearchResult:
         body = _obj(data, "search result")
-        return cls(items=[ScoredMemory.from_json(m)
-                          for m in _list(body.get("items"), "search.items")])
+        graph = body.get("graph")
+        return cls(items=[SearchHit.from_json(m)
+                          for m in _list(body.get("items"), "search.items")],
+                   mode=str(body.get("mode", "hybrid")), embedder=str(body.get("embedder", "")),
+                   pending_reembed=int(body.get("pending_reembed", 0)),
+                   graph=dict(graph) if isinstance(graph, Mapping) else None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -209,7 +262,8 @@ class NewMemory:
 # client adds itself (from headers, not the body).
 SCHEMA_COMPONENTS: dict[str, tuple[type[Any], frozenset[str]]] = {
     "Memory": (Memory, frozenset()),
-    "ScoredMemory": (ScoredMemory, frozenset()),
+    "SearchHit": (SearchHit, frozenset()),
+    "EntityRef": (EntityRef, frozenset()),
     "Entity": (Entity, frozenset()),
     "Page": (Page, frozenset()),
     "BatchResult": (BatchResult, frozenset({"replayed"})),
@@ -218,5 +272,6 @@ SCHEMA_COMPONENTS: dict[str, tuple[type[Any], frozenset[str]]] = {
     "BatchItem": (NewMemory, frozenset()),
 }
 
-__all__ = ["BatchResult", "Deleted", "Entity", "Memory", "NewMemory", "Page", "ScoredMemory",
+__all__ = ["BatchResult", "Deleted", "Entity", "EntityRef", "Memory", "NewMemory", "Page",
+           "ScoredMemory", "SearchHit",
            "SearchResult", "StoredMemory"]
