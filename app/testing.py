@@ -12,11 +12,14 @@ from dataclasses import dataclass, field
 
 from app.errors import GraphUnavailable
 from app.graph.base import (
+    EntityRow,
     GraphCounts,
     GraphMemory,
     GraphStore,
     MemoryProjection,
+    Neighbourhood,
     ProjectResult,
+    RelationRow,
 )
 
 
@@ -238,6 +241,28 @@ class FakeGraph:
                             [f"{t}: {n}" for t, n in entities]))
             return out
 
+    def neighbourhood(self, user_id: str, memory_id: str, limit: int) -> Neighbourhood | None:
+        self._check()
+        with self._lock:
+            node = self.memories.get(memory_id)
+            if node is None or node.deleted or node.user_id != user_id:
+                return None
+            mentioned = {k for k in node.mentions if self._user(k) == user_id}
+            touching = [r for r in self.relations if r.user_id == user_id
+                        and (r.source in mentioned or r.target in mentioned)]
+            around = sorted({k for r in touching for k in (r.source, r.target)
+                             if k not in mentioned and self._user(k) == user_id})[:limit]
+            shown = mentioned | set(around)
+            edges = sorted({(r.source, r.target, r.predicate) for r in touching
+                            if r.source in shown and r.target in shown})
+
+            def row(key: str) -> EntityRow:
+                return EntityRow(key, self.entities[key]["name"], self.entities[key]["type"])
+
+            return Neighbourhood(memory_id, tuple(row(k) for k in sorted(mentioned)),
+                                 tuple(row(k) for k in around),
+                                 tuple(RelationRow(*e) for e in edges))
+
     def ping(self) -> None:
         self._check()
 
@@ -296,6 +321,9 @@ class FailingGraph:
 
     def user_graph(self, user_id: str, limit: int) -> list[tuple[str, int, list[str]]]:
         return self.inner.user_graph(user_id, limit)
+
+    def neighbourhood(self, user_id: str, memory_id: str, limit: int) -> Neighbourhood | None:
+        return self.inner.neighbourhood(user_id, memory_id, limit)
 
     def ping(self) -> None:
         self.inner.ping()

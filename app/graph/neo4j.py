@@ -15,10 +15,13 @@ from neo4j import GraphDatabase, ManagedTransaction
 from app import statements
 from app.errors import ConfigError, GraphError, GraphMisconfigured, GraphUnavailable
 from app.graph.base import (
+    EntityRow,
     GraphCounts,
     GraphMemory,
     MemoryProjection,
+    Neighbourhood,
     ProjectResult,
+    RelationRow,
 )
 from app.settings import Settings
 
@@ -212,6 +215,25 @@ class Neo4jGraph:
             return list(t.run(c("user_graph"), user_id=user_id, limit=limit))
 
         return [(r["id"], r["version"], list(r["entities"])) for r in self._read(tx)]
+
+    def neighbourhood(self, user_id: str, memory_id: str, limit: int) -> Neighbourhood | None:
+        def tx(t: ManagedTransaction) -> Any:
+            return t.run(c("entity_neighbourhood"), user_id=user_id, memory_id=memory_id,
+                         limit=limit).single()
+
+        r = self._read(tx)
+        if r is None:
+            return None
+
+        def rows(items: list[dict[str, str]]) -> tuple[EntityRow, ...]:
+            return tuple(sorted((EntityRow(i["key"], i["name"], i["type"]) for i in items),
+                                key=lambda e: e.key))
+
+        return Neighbourhood(
+            memory_id, rows(r["entities"]), rows(r["neighbours"]),
+            tuple(sorted((RelationRow(i["source"], i["target"], i["predicate"])
+                          for i in r["relations"]),
+                         key=lambda x: (x.source, x.target, x.predicate))))
 
     def ping(self) -> None:
         self._run(self.driver.verify_connectivity)
