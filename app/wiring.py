@@ -85,7 +85,8 @@ class Services:
 
     @cached_property
     def admin(self) -> AdminService:
-        return AdminService(self.settings, self.db, self.outbox, lambda: self.graph)
+        return AdminService(self.settings, self.db, self.outbox, lambda: self.graph,
+                            lambda: self.memories)
 
     @cached_property
     def consistency(self) -> Consistency:
