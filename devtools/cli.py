@@ -156,6 +156,8 @@ def run() -> None:
     base = f"http://{settings.api_host}:{settings.api_port}"
     err_console.print(f"\n[bold]API[/bold]      {base}/api")
     err_console.print(f"[bold]API docs[/bold] {base}/docs")
+    if settings.console_enabled:
+        err_console.print(f"[bold]Console[/bold]  {base}/admin  (log in with an admin key)")
     for name in ("API_SERVICE_KEYS", "API_ADMIN_KEYS"):
         if name in generated:
             err_console.print(f"[bold]{name}[/bold] {masked(generated[name])}  (generated; "
