@@ -52,6 +52,7 @@ EVENT_TYPES: tuple[EventType, ...] = ("upsert", "delete", "resync")
 STATUSES: dict[str, DeadStatus | None] = {"dead": "dead", "replayed": "replayed",
                                           "discarded": "discarded", "any": None}
 MAX_WATCHED = 200
+EXPIRED_GRACE = 3600.0
 FLASHES = {
     "replayed": ("ok", "Replayed {n} dead letter{s}; their deliveries are shown below as they "
                        "converge."),
@@ -198,7 +199,9 @@ async def login(request: Request) -> Response:
                                          "in to the console.")
     cookie, _ = signer.issue(principal.key_id, services.keys.digest(key))
     response = redirect(_safe_next(form.get("next")))
-    _set_cookie(request, response, SESSION_COOKIE, cookie, signer.lifetime)
+    # The signed expiry inside is what counts; the cookie outlives it by a grace period so the
+    # console can say "your session has expired" rather than "log in first".
+    _set_cookie(request, response, SESSION_COOKIE, cookie, signer.lifetime + EXPIRED_GRACE)
     response.delete_cookie(LOGIN_COOKIE, path="/admin")
     return response
 

@@ -69,12 +69,38 @@ class Node:
 
 @dataclass(frozen=True)
 class Edge:
+    """A line, or a quadratic curve through (qx, qy), with its label at (lx, ly)."""
+
     kind: str  # mentions | related
     x1: float
     y1: float
     x2: float
     y2: float
     label: str = ""
+    qx: float = 0.0
+    qy: float = 0.0
+    lx: float = 0.0
+    ly: float = 0.0
+
+    @property
+    def path(self) -> str:
+        return (f"M{self.x1:.1f},{self.y1:.1f} Q{self.qx:.1f},{self.qy:.1f} "
+                f"{self.x2:.1f},{self.y2:.1f}")
+
+
+def _edge(kind: str, a: tuple[float, float], b: tuple[float, float], centre: tuple[float, float],
+          label: str = "", bow: float = 0.0) -> Edge:
+    """An edge from a to b bowed away from the centre by ``bow`` times its length."""
+    (x1, y1), (x2, y2) = a, b
+    mx, my = (x1 + x2) / 2, (y1 + y2) / 2
+    length = math.hypot(x2 - x1, y2 - y1) or 1.0
+    nx, ny = -(y2 - y1) / length, (x2 - x1) / length  # a unit normal
+    if (mx - centre[0]) * nx + (my - centre[1]) * ny < 0:
+        nx, ny = -nx, -ny  # bend outwards
+    qx, qy = mx + nx * bow * length, my + ny * bow * length
+    # the curve's own midpoint (t = 1/2), a little above it for the label
+    lx, ly = (x1 + 2 * qx + x2) / 4, (y1 + 2 * qy + y2) / 4 - 4
+    return Edge(kind, x1, y1, x2, y2, label, qx, qy, lx, ly)
 
 
 @dataclass(frozen=True)
@@ -103,34 +129,44 @@ def entity_graph(around: Neighbourhood, memory_label: str, width: int = 720,
                  height: int = 460) -> Picture:
     """The memory in the middle, its entities on an inner ring, their neighbours outside.
 
-    Each neighbour sits on the outer ring in the order of the entity it hangs from, so its
-    edges stay short and rarely cross.
+    Each neighbour sits on the outer ring near the entity it hangs from (a fan around that
+    entity's angle), so its edges stay short and rarely cross.
     """
     cx, cy = width / 2, height / 2
-    inner = min(width, height) * 0.26
-    outer = min(width, height) * 0.44
+    inner = min(width, height) * 0.25
+    outer_x, outer_y = width * 0.43, height * 0.43
     nodes = [Node("memory", _short(memory_label, 28), memory_label, "memory", "memory", cx, cy)]
+    count = len(around.entities)
     at: dict[str, tuple[float, float, float]] = {}
-    for entity, (angle, x, y) in zip(around.entities, _ring(len(around.entities), inner, cx,
-                                                               cy), strict=True):
+    for entity, (angle, x, y) in zip(around.entities, _ring(
+            count, inner, cx, cy, start=-math.pi / 2 + math.pi / max(count, 1)), strict=True):
         at[entity.key] = (angle, x, y)
         nodes.append(_node(entity, "entity", x, y))
-    anchor: dict[str, float] = {}
-    for r in around.relations:
-        for near, far in ((r.source, r.target), (r.target, r.source)):
-            if near in at and far not in at and far not in anchor:
-                anchor[far] = at[near][0]
-    order = sorted(around.neighbours, key=lambda e: (anchor.get(e.key, 10.0), e.key))
-    spots = _ring(len(order), outer, cx, cy,
-                  start=anchor.get(order[0].key, -math.pi / 2) if order else 0.0)
-    for entity, (angle, x, y) in zip(order, spots, strict=True):
-        at[entity.key] = (angle, x, y)
-        nodes.append(_node(entity, "neighbour", x, y))
-    edges = [Edge("mentions", cx, cy, at[e.key][1], at[e.key][2]) for e in around.entities]
+    fans: dict[str, list[EntityRow]] = {}
+    for neighbour in around.neighbours:
+        hub = next((near for r in around.relations
+                    for near, far in ((r.source, r.target), (r.target, r.source))
+                    if far == neighbour.key and near in at), None)
+        fans.setdefault(hub or "", []).append(neighbour)
+    sector = 2 * math.pi / max(count, 1)
+    for hub, members in fans.items():
+        base = at[hub][0] if hub in at else 0.0
+        step = min(0.45, sector * 0.8 / max(len(members), 1)) if hub in at \
+            else 2 * math.pi / len(members)
+        for i, entity in enumerate(members):
+            angle = base + (i - (len(members) - 1) / 2) * step
+            x, y = cx + outer_x * math.cos(angle), cy + outer_y * math.sin(angle)
+            at[entity.key] = (angle, x, y)
+            nodes.append(_node(entity, "neighbour", x, y))
+    centre = (cx, cy)
+    edges = [_edge("mentions", centre, at[e.key][1:], centre) for e in around.entities]
+    mentioned = {e.key for e in around.entities}
     for r in around.relations:
         if r.source in at and r.target in at:
-            (_, x1, y1), (_, x2, y2) = at[r.source], at[r.target]
-            edges.append(Edge("related", x1, y1, x2, y2, _short(r.predicate, 18)))
+            # Between two mentioned entities the straight line would cross the memory: bow it.
+            bow = 0.35 if r.source in mentioned and r.target in mentioned else 0.0
+            edges.append(_edge("related", at[r.source][1:], at[r.target][1:], centre,
+                               _short(r.predicate, 18), bow))
     return Picture(width, height, nodes, edges)
 
 

@@ -80,10 +80,11 @@ def _when(value: object) -> str:
     if value is None or value == "":
         return "-"
     if isinstance(value, str):
+        text = value
         try:
-            value = datetime.fromisoformat(value)
+            value = datetime.fromisoformat(text)
         except ValueError:
-            return value
+            return text
     if not isinstance(value, datetime):
         return str(value)
     if value.tzinfo is not None:
