@@ -58,7 +58,7 @@ class Console:
             secret = secrets.token_urlsafe(32)
         self.settings = settings
         self.signer = Signer(secret.encode(), settings.console_session_seconds)
-        self.templates = _environment()
+        self.templates = environment()
         self.sampler: OutboxSampler | None = None
         self.jobs: SyncJobs | None = None
 
@@ -92,7 +92,8 @@ def _when(value: object) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _environment() -> Environment:
+def environment() -> Environment:
+    """The console's templates, autoescaped; an undefined name is an error, not a blank."""
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True,
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["when"] = _when

@@ -61,5 +61,17 @@ def test_the_installed_wheel_migrates_an_empty_database_from_anywhere(
                                 capture_output=True, text=True, timeout=60)
         assert listed.returncode == 0 and "migrate" in listed.stdout
         assert "services" not in listed.stdout  # development tooling is not shipped
+        # The console's templates and assets are package data: every template compiles.
+        console = subprocess.run(
+            [str(installed / "python"), "-c",
+             "from app.console.web import HERE, environment\n"
+             "env = environment()\n"
+             "names = env.list_templates()\n"
+             "for name in names: env.get_template(name)\n"
+             "print(len(names), *sorted(p.name for p in (HERE / 'static').iterdir()))"],
+            cwd=elsewhere, env=env, capture_output=True, text=True, timeout=60)
+        assert console.returncode == 0, console.stderr
+        templates = len(list((REPO / "app" / "console" / "templates").glob("*.html")))
+        assert console.stdout.split() == [str(templates), "console.css", "console.js"]
     finally:
         test_servers.drop_database(dbname)
