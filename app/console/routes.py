@@ -53,6 +53,7 @@ STATUSES: dict[str, DeadStatus | None] = {"dead": "dead", "replayed": "replayed"
                                           "discarded": "discarded", "any": None}
 MAX_WATCHED = 200
 EXPIRED_GRACE = 3600.0
+WINDOWS = {"5": 300.0, "15": 900.0, "60": WINDOW_SECONDS}  # the overview's chart spans, minutes
 FLASHES = {
     "replayed": ("ok", "Replayed {n} dead letter{s}; their deliveries are shown below as they "
                        "converge."),
@@ -222,21 +223,24 @@ def overview(request: Request, user: User) -> Response:
     health = services.admin.health().as_dict()
     stats = services.admin.stats()
     done_per_second = round(services.outbox.done_within(60) / 60, 2)
+    window = WINDOWS.get(request.query_params.get("window") or "60", WINDOW_SECONDS)
     sampler = console_of(request).sampler
-    samples = sampler.samples() if sampler is not None else []
+    samples = sampler.samples(window) if sampler is not None else []
     now = time.time()
     charts = [
-        svg.line_chart("Lag", "s", [(s.at, s.lag_seconds) for s in samples], now),
-        svg.line_chart("Backlog", "rows", [(s.at, float(s.backlog)) for s in samples], now),
+        svg.line_chart("Lag", "s", [(s.at, s.lag_seconds) for s in samples], now, window),
+        svg.line_chart("Backlog", "rows", [(s.at, float(s.backlog)) for s in samples], now,
+                       window),
         svg.line_chart("Throughput", "rows/s", [(s.at, s.done_per_second) for s in samples],
-                       now),
+                       now, window),
     ]
     last = stats["last_check"]
     context = {"user": user, "title": "Overview", "section": "overview", "health": health,
                "stats": stats, "done_per_second": done_per_second, "charts": charts,
                "last_check": last, "last_by_kind": (last or {}).get("result", {}).get(
                    "by_kind", {}),
-               "window_minutes": int(WINDOW_SECONDS / 60),
+               "window_minutes": int(window / 60), "windows": list(WINDOWS),
+               "kept_minutes": int(WINDOW_SECONDS / 60),
                "sample_seconds": console_of(request).settings.console_sample_seconds}
     if wants_fragment(request):
         return render(request, "_overview.html", context)

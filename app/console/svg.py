@@ -39,6 +39,14 @@ def _nice(value: float) -> float:
     return float(10 * scale)  # pragma: no cover - the loop always returns
 
 
+def _ago(seconds: float) -> str:
+    """A tick label: ``now``, ``-15 min`` or ``-3:45``."""
+    if seconds <= 0:
+        return "now"
+    minutes, rest = divmod(int(seconds), 60)
+    return f"-{minutes} min" if rest == 0 else f"-{minutes}:{rest:02d}"
+
+
 def line_chart(title: str, unit: str, series: Sequence[tuple[float, float]], now: float,
                window: float = 3600.0, width: int = 360, height: int = 120) -> Chart:
     """``series`` of (epoch seconds, value) over the ``window`` before ``now``."""
@@ -47,8 +55,7 @@ def line_chart(title: str, unit: str, series: Sequence[tuple[float, float]], now
     points = " ".join(
         f"{(t - (now - window)) / window * width:.1f},{height - v / top * height:.1f}"
         for t, v in shown)
-    ticks = [(width * i / 4, "now" if i == 4 else f"-{int(window / 60 * (4 - i) / 4)} min")
-             for i in range(5)]
+    ticks = [(width * i / 4, _ago(window * (4 - i) / 4)) for i in range(5)]
     return Chart(title, unit, width, height, points, top, shown[-1][1] if shown else None,
                  ticks, not shown)
 

@@ -207,7 +207,7 @@ def test_dead_letters_of_a_broken_worker_are_replayed_from_the_page_and_converge
     in_graph = Neo4jGraph(settings, driver=neo4j_driver).snapshot(ids)
     assert len(in_graph) == 2  # the two replayed memories; the discarded one stays out
 
-    page.goto(web.at("/admin"))
+    page.goto(web.at("/admin?window=5"))
     expect(page.locator("#dead-open")).to_have_text("0")
     expect(page.locator("#outbox")).to_contain_text("done2")  # the replayed rows
     screenshot(page, "overview")
@@ -243,7 +243,7 @@ def test_csrf_and_a_cross_site_form_are_refused(
 
 def test_an_expired_session_is_refused_and_live_updates_stop(
         page: Page, start_web: Callable[..., Web], admin_key: str) -> None:
-    web = start_web(CONSOLE_SESSION_SECONDS="4")
+    web = start_web(CONSOLE_SESSION_SECONDS="6")
     log_in(page, web, admin_key)
     expect(page.locator("h1")).to_have_text("Overview")
     # The open page notices on its next refresh, and says so.

@@ -90,6 +90,8 @@ def test_a_line_chart_spans_the_window_and_a_round_top() -> None:
     assert points == [(0.0, 120.0), (180.0, 120 - 3.2 / 5 * 120), (360.0, 96.0)]
     assert [label for _, label in chart.ticks] == ["-60 min", "-45 min", "-30 min", "-15 min",
                                                    "now"]
+    short = line_chart("Lag", "s", [(now - 10, 1.0)], now, window=300)
+    assert [label for _, label in short.ticks] == ["-5 min", "-3:45", "-2:30", "-1:15", "now"]
     empty = line_chart("Lag", "s", [], now)
     assert empty.empty and empty.points == "" and empty.last is None and empty.top == 1.0
 
