@@ -30,7 +30,9 @@ from app.console.samples import WINDOW_SECONDS
 from app.console.session import LOGIN_COOKIE, SESSION_COOKIE
 from app.console.web import (
     ConsoleRoute,
+    ConsoleUser,
     Post,
+    Posted,
     User,
     console_of,
     error_page,
@@ -44,6 +46,7 @@ from app.console.web import (
 from app.domain import EventType
 from app.errors import ValidationError
 from app.outbox import DeadLetterFilter, DeadStatus, ReplaySelection
+from app.validation import check_text
 
 router = APIRouter(prefix="/admin", route_class=ConsoleRoute, include_in_schema=False)
 
@@ -69,24 +72,27 @@ def _flash(request: Request) -> dict[str, str] | None:
         return None
     kind, text = FLASHES[code]
     n = request.query_params.get("n", "")
-    n = n if n.isdigit() else "?"
+    n = n if _digits(n) else "?"
     return {"kind": kind, "text": text.format(n=n, s="" if n == "1" else "s")}
 
 
+def _digits(value: str) -> bool:
+    """Only ASCII digits (``str.isdigit`` also takes "²", which ``int`` refuses)."""
+    return value.isascii() and value.isdigit()
+
+
 def _text(value: str | None, field: str, max_chars: int = 500) -> str | None:
+    """A form or query field, stripped; None when blank; the input contract's text rules."""
     if value is None or not value.strip():
         return None
-    value = value.strip()
-    if len(value) > max_chars:
-        raise ValidationError(f"{field}: at most {max_chars} characters", field)
-    return value
+    return check_text(value.strip(), field, max_chars=max_chars)
 
 
 def _int(value: str | None, field: str) -> int | None:
     value = _text(value, field, 20)
     if value is None:
         return None
-    if not value.isdigit() or not 1 <= int(value) < 2**63:
+    if not _digits(value) or not 1 <= int(value) < 2**63:
         raise ValidationError(f"{field}: must be a positive whole number", field)
     return int(value)
 
@@ -121,7 +127,7 @@ def _jobs(request: Request) -> SyncJobs:
     return jobs
 
 
-def _confirm(request: Request, user: Any, action: str, message: str,
+def _confirm(request: Request, user: ConsoleUser, action: str, message: str,
              fields: list[tuple[str, str]], cancel: str) -> Response:
     """The confirmation page of a form posted without ``confirmed=yes`` (no script)."""
     return render(request, "confirm.html", {
@@ -130,7 +136,7 @@ def _confirm(request: Request, user: Any, action: str, message: str,
         "cancel": cancel})
 
 
-def _fields(post: Any) -> list[tuple[str, str]]:
+def _fields(post: Posted) -> list[tuple[str, str]]:
     return [(k, v) for k, values in post.form.fields.items() for v in values]
 
 
@@ -272,7 +278,7 @@ def _dead_filter(params: Any) -> tuple[DeadLetterFilter, dict[str, str]]:
 
 def _watched(request: Request) -> list[int]:
     raw = request.query_params.get("watch", "")
-    ids = [int(i) for i in raw.split(",") if i.isdigit() and len(i) < 19]
+    ids = [int(i) for i in raw.split(",") if _digits(i) and len(i) < 19]
     return list(dict.fromkeys(ids))[:MAX_WATCHED]
 
 

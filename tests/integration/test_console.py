@@ -294,3 +294,38 @@ def test_the_console_can_be_turned_off(test_servers: Any, settings: Settings) ->
     with TestClient(create_app(off), follow_redirects=False) as plain:
         assert plain.get("/admin").status_code == 404
         assert plain.get("/admin/static/console.js").status_code == 404
+
+
+@pytest.mark.parametrize(("path", "status"), [
+    ("/admin/dead-letters?user=%00", 422),
+    ("/admin/dead-letters?error=" + "e" * 501, 422),
+    ("/admin/dead-letters?before_id=%C2%B2", 422),  # a digit to str.isdigit, not to int
+    ("/admin/dead-letters?before_id=99999999999999999999", 422),
+    ("/admin/dead-letters?since=yesterday", 422),
+    ("/admin/dead-letters?status=weird", 422),
+    ("/admin/dead-letters?event_type=insert", 422),
+    ("/admin/dead-letters?memory=nope", 422),
+    ("/admin/dead-letters?watch=%C2%B2,abc,1", 200),  # unknown ids are not watched
+    ("/admin/dead-letters/99999999999999999999", 404),
+    ("/admin/memories?user=%00", 422),
+    ("/admin/memories?user=" + "x" * 200, 422),
+    ("/admin/memories/not-a-uuid?user=alice", 422),
+    (f"/admin/memories/{uuid.uuid4()}", 422),  # whose memory is not said
+    ("/admin/memories?user=alice&cursor=garbage", 422),
+    ("/admin/consistency/jobs/7", 404),
+    ("/admin?window=7", 200),  # an unknown chart span falls back to an hour
+])
+def test_hostile_input_answers_4xx_never_5xx(admin: TestClient, path: str, status: int) -> None:
+    answer = admin.get(path)
+    assert answer.status_code == status, answer.text[-500:]
+    assert answer.headers["content-type"].startswith("text/html")
+
+
+def test_login_never_sends_the_browser_to_another_site(client: TestClient, admin_key: str
+                                                       ) -> None:
+    for target in ("//evil.example/admin", "https://evil.example/admin", "/admin\\@evil",
+                   "/api/admin/stats"):
+        form = client.get("/admin/login")
+        answer = client.post("/admin/login", data={"key": admin_key, "next": target,
+                                                   "csrf": csrf_of(form.text)})
+        assert answer.headers["location"] == "/admin", target
