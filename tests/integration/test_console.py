@@ -114,6 +114,18 @@ def test_an_admin_key_logs_in_to_a_session_cookie_that_never_holds_the_key(
         assert "console:admin-key-1" in page.text
 
 
+def test_over_tls_the_cookies_are_secure(settings: Settings, admin_key: str) -> None:
+    with TestClient(create_app(settings), base_url="https://testserver",
+                    follow_redirects=False) as tls:
+        form = tls.get("/admin/login")
+        assert "secure" in form.headers["set-cookie"].lower()  # the login cookie
+        answer = tls.post("/admin/login", data={"key": admin_key, "csrf": csrf_of(form.text)},
+                          headers={"Origin": "https://testserver"})
+        cookie = next(h for h in answer.headers.get_list("set-cookie")
+                      if h.startswith(SESSION_COOKIE + "="))
+        assert "secure" in {a.strip().lower() for a in cookie.split(";")}
+
+
 def test_a_service_key_or_a_wrong_key_cannot_log_in(client: TestClient, service_key: str
                                                     ) -> None:
     refused = login(client, service_key)
