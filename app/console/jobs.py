@@ -86,10 +86,10 @@ class SyncJobs:
             self._jobs[job.id] = job
             while len(self._jobs) > self._keep:
                 self._jobs.popitem(last=False)
-        thread = threading.Thread(target=self._work, args=(job,), name=f"console-job-{job.id}",
-                                  daemon=True)
-        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
-        thread.start()
+            thread = threading.Thread(target=self._work, args=(job,),
+                                      name=f"console-job-{job.id}", daemon=True)
+            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+            thread.start()
         log.info("console: consistency job started", extra={
             "action": "console.job_start", "job": job.id, "operation": request.operation,
             "user_id": request.user_id, "actor": actor})
@@ -120,5 +120,7 @@ class SyncJobs:
 
     def wait(self, timeout: float) -> None:
         """Wait for running jobs to end (shutdown)."""
-        for thread in self._threads:
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
             thread.join(timeout)
