@@ -1,4 +1,5 @@
-"""What an operator watches, shared by ``memctl`` and the admin HTTP API: health and stats.
+"""What an operator watches, shared by ``memctl``, the admin HTTP API and the admin console:
+health, stats, the users there are, and one memory as Postgres and the graph both see it.
 
 Dead letters and outbox transitions belong to ``app.outbox``; consistency operations to
 ``app.consistency``. This module only reads.
@@ -10,6 +11,7 @@ import dataclasses
 import functools
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,10 +21,14 @@ from app import queue
 from app.breakers import Breakers, BreakerStatus
 from app.db.connector import Database
 from app.db.migrations import code_heads
-from app.errors import MemoryPersistenceError, StoreError, StoreUnavailable
-from app.graph.base import GraphStore
-from app.outbox import Outbox
+from app.domain import MAX_PAGE, Memory
+from app.errors import MemoryPersistenceError, StoreError, StoreUnavailable, ValidationError
+from app.graph.base import GraphStore, Neighbourhood
+from app.outbox import DeadLetterFilter, Outbox
+from app.projection import GraphStatus, graph_status
 from app.settings import Settings
+from app.store import MemoryService
+from app.validation import check_text
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +71,23 @@ class Readiness:
     cause: Literal["unavailable", "misconfigured", "not_migrated"] | None = None
 
 
+@dataclass(frozen=True)
+class MemoryView:
+    """One live memory as Postgres has it, where its delivery stands, and what the graph has.
+
+    ``graph_status`` and ``neighbourhood`` are None when the graph could not be read
+    (``graph_error`` says why); the rest comes from Postgres alone.
+    """
+
+    memory: Memory
+    in_transit: list[dict[str, Any]]  # outbox rows still pending or in flight
+    dead_letters: list[dict[str, Any]]  # of this memory, newest first, any status
+    graph_status: GraphStatus | None = None
+    graph_version: int | None = None
+    neighbourhood: Neighbourhood | None = None
+    graph_error: str | None = None
+
+
 def _probe(check: Callable[[], object]) -> Probe:
     started = time.monotonic()
     try:
@@ -82,7 +105,8 @@ class AdminService:
     """Health, readiness and the numbers an operator watches."""
 
     def __init__(self, settings: Settings, db: Database, outbox: Outbox, breakers: Breakers,
-                 graph: Callable[[], GraphStore] | None = None) -> None:
+                 graph: Callable[[], GraphStore] | None = None,
+                 memories: Callable[[], MemoryService] | None = None) -> None:
         self.settings = settings
         self.db = db
         self.outbox = outbox
@@ -90,6 +114,7 @@ class AdminService:
         # The graph is built on first use: commands that need Postgres only never start a
         # Neo4j driver.
         self._graph = graph
+        self._memories = memories
 
     def health(self) -> Health:
         """Reachability and latency of each server, outbox backlog and lag, dead letters, and
@@ -172,6 +197,39 @@ class AdminService:
         }
 
 
+    def users(self, prefix: str | None = None, *, after: str | None = None,
+              limit: int = 100) -> list[dict[str, Any]]:
+        """Users with live memories, by id (keyset: pass the last ``user_id`` as ``after``),
+        each with its count of memories and its last change."""
+        return [_plain(r) for r in self.db.all("list_users", _users_args(prefix, after, limit))]
+
+    def memory_view(self, user_id: str, memory_id: uuid.UUID | str,
+                    neighbours: int = 30) -> MemoryView:
+        """One live memory of one user with its delivery and graph state (NotFound else).
+
+        The graph status compares the graph's node with the memory's version; the
+        neighbourhood is the memory's entities and their one-hop RELATED neighbours. Neo4j
+        being down leaves both None and says why.
+        """
+        if self._memories is None:
+            raise RuntimeError("this AdminService was built without a memory service")
+        memory = self._memories().get(user_id, memory_id)
+        mid = str(memory.id)
+        in_transit = self.outbox.in_transit(memory.id, memory.user_id)
+        dead = self.outbox.dead_letters(DeadLetterFilter(None, memory.user_id,
+                                                         memory_id=memory.id), limit=20).items
+        if self._graph is None:
+            return MemoryView(memory, in_transit, dead, graph_error="no graph configured")
+        try:
+            graph = self._graph()
+            node = graph.snapshot([mid]).get(mid)
+            around = graph.neighbourhood(memory.user_id, mid, neighbours)
+        except MemoryPersistenceError as exc:
+            return MemoryView(memory, in_transit, dead, graph_error=str(exc))
+        return MemoryView(memory, in_transit, dead, graph_status(memory.version, node),
+                          node.version if node is not None else None, around)
+
+
 def breaker_reason(b: BreakerStatus) -> str:
     """One line naming an open breaker, since when, what it holds back and why."""
     since = f" since {b.opened_at.isoformat(timespec='seconds')}" if b.opened_at else ""
@@ -183,3 +241,11 @@ def breaker_reason(b: BreakerStatus) -> str:
 @functools.cache
 def _heads() -> frozenset[str]:
     return code_heads()
+
+
+def _users_args(prefix: str | None, after: str | None, limit: int) -> dict[str, Any]:
+    if not 1 <= limit <= MAX_PAGE:
+        raise ValidationError(f"limit must be from 1 to {MAX_PAGE}", "limit")
+    return {"prefix": check_text(prefix, "prefix", max_chars=128) if prefix else None,
+            "after": check_text(after, "after", max_chars=128) if after else None,
+            "limit": limit}

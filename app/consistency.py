@@ -225,6 +225,17 @@ class Consistency:
         total = int(row["live"]) + int(row["deleted"]) if row is not None else 0
         return min(total, limit) if limit is not None else total
 
+    # -- what earlier checks found ------------------------------------------------------
+
+    def runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The most recent check runs, newest first (``result`` holds the summary by kind)."""
+        return self.db.all("list_check_runs", {"limit": limit})
+
+    def open_findings(self, user_id: str | None = None,
+                      limit: int = 100) -> list[dict[str, Any]]:
+        """Stored findings no later check has resolved, oldest first."""
+        return self.db.all("open_inconsistencies", {"user_id": user_id, "limit": limit})
+
     # -- check ----------------------------------------------------------------------------
 
     def _compare_page(self, rows: list[Row], report: CheckReport) -> None:

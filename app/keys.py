@@ -118,6 +118,45 @@ class ApiKeys:
                 self._cache.popitem(last=False)
         return principal
 
+    @staticmethod
+    def digest(secret: str) -> str:
+        """A short, non-reversible digest of a key, to tell later that it is the same key."""
+        return key_hash(secret)[:16]
+
+    def current(self, key_id: str, digest: str) -> Principal | None:
+        """The principal of a key identified earlier (by ``identify``), if it still is valid.
+
+        A bootstrap key must still be configured at its position with the same ``digest``; a
+        stored key must not be revoked (looked up, then cached like ``identify`` does, so a
+        revocation reaches every process within API_KEY_CACHE_SECONDS).
+        """
+        kind, _, rest = key_id.partition(":")
+        if kind == "settings":
+            scope, _, position = rest.partition(":")
+            keys = self._admin if scope == "admin" else self._service
+            index = int(position) if position.isdigit() else 0
+            if 1 <= index <= len(keys) and hmac.compare_digest(
+                    self.digest(keys[index - 1].decode("utf-8", "surrogatepass")), digest):
+                return Principal(key_id, "admin" if scope == "admin" else "service")
+            return None
+        if kind != "db" or not rest.isdigit() or len(rest) > 18:
+            return None
+        now = time.monotonic()
+        cache_key = "id:" + key_id
+        with self._lock:
+            cached = self._cache.get(cache_key)
+            if cached is not None and cached[0] > now:
+                return cached[1]
+        row = self.db.one("get_api_key", {"id": int(rest)})
+        principal = (Principal(key_id, row["scope"], row["namespace"])
+                     if row is not None and row["revoked_at"] is None else None)
+        with self._lock:
+            self._cache[cache_key] = (now + self.settings.api_key_cache_seconds, principal)
+            self._cache.move_to_end(cache_key)
+            while len(self._cache) > _CACHE_ENTRIES:
+                self._cache.popitem(last=False)
+        return principal
+
     def create(self, name: str, scope: str, namespace: str | None = None, *,
                actor: str) -> NewKey:
         """A new key; its secret is returned once and only its hash is stored."""

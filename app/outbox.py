@@ -26,6 +26,7 @@ or not at all. Every other transition is a method here and a named statement in
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import uuid
@@ -88,12 +89,23 @@ class DeadLetterFilter:
     error: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    memory_id: uuid.UUID | None = None
 
     @property
     def criteria(self) -> bool:
         """Whether anything but the status narrows the choice."""
         return any(v is not None for v in (self.user_id, self.event_type, self.error,
-                                           self.since, self.until))
+                                           self.since, self.until, self.memory_id))
+
+    def params(self) -> dict[str, Any]:
+        """The filter as the parameters of the dead-letter statements."""
+        return {"status": self.status, "user_id": self.user_id, "event_type": self.event_type,
+                "error": self.error, "since": self.since, "until": self.until,
+                "memory_id": self.memory_id}
+
+    def open(self) -> DeadLetterFilter:
+        """The same criteria among open (dead) letters only."""
+        return dataclasses.replace(self, status="dead")
 
 
 @dataclass(frozen=True)
@@ -351,10 +363,12 @@ class Outbox:
 
     def _dead_letter_rows(self, f: DeadLetterFilter, limit: int,
                           before_id: int | None = None) -> list[dict[str, Any]]:
-        return self.db.all("list_dead_letters", {
-            "status": f.status, "user_id": f.user_id, "event_type": f.event_type,
-            "error": f.error, "since": f.since, "until": f.until, "before_id": before_id,
-            "limit": limit})
+        return self.db.all("list_dead_letters", {**f.params(), "before_id": before_id,
+                                                 "limit": limit})
+
+    def count_dead_letters(self, filters: DeadLetterFilter | None = None) -> int:
+        """How many dead letters the filter matches: what a replay by it would touch now."""
+        return int(self.db.scalar("count_dead_letters", (filters or DeadLetterFilter()).params()))
 
     def dead_letter(self, dead_letter_id: int) -> dict[str, Any]:
         """One dead letter with its full error history."""
@@ -374,8 +388,7 @@ class Outbox:
             for i in ids:
                 self.dead_letter(i)
         else:
-            f = selection.filter or DeadLetterFilter()
-            f = DeadLetterFilter("dead", f.user_id, f.event_type, f.error, f.since, f.until)
+            f = (selection.filter or DeadLetterFilter()).open()
             ids = [int(r["id"]) for r in self._dead_letter_rows(f, limit=10_000_000)]
         done: list[int] = []
         if ids:
@@ -413,7 +426,27 @@ class Outbox:
         if status != "dead":
             raise AlreadyResolved(f"the dead letter was already {status}")
 
+    # -- deliveries -------------------------------------------------------------------------
+
+    def deliveries(self, dead_letter_ids: Sequence[int]) -> list[dict[str, Any]]:
+        """These dead letters (newest first) with their outbox row's state now, ``delivery``:
+        pending, in_flight, done or dead; None once the row was pruned after it was done."""
+        if not dead_letter_ids:
+            return []
+        return [_json_row(r) for r in self.db.all("dead_letter_deliveries",
+                                                  {"ids": list(dead_letter_ids)})]
+
+    def in_transit(self, memory_id: uuid.UUID, user_id: str,
+                   limit: int = 20) -> list[dict[str, Any]]:
+        """One user's memory's rows still pending or in flight, newest first."""
+        return [_json_row(r) for r in self.db.all("memory_in_transit", {
+            "memory_id": memory_id, "user_id": user_id, "limit": limit})]
+
     # -- numbers ----------------------------------------------------------------------------
+
+    def done_within(self, seconds: float) -> int:
+        """Rows the workers finished in the last ``seconds`` (throughput)."""
+        return int(self.db.scalar("outbox_done_since", {"seconds": seconds}))
 
     def stats(self) -> OutboxStats:
         """Rows per status, expired leases and the lag."""

@@ -8,10 +8,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from typing import Any, Literal
 
 from app.domain import Extraction, MemoryState, entity_key
-from app.graph.base import EntityRow, MemoryProjection, RelationRow
+from app.graph.base import EntityRow, GraphMemory, MemoryProjection, RelationRow
+
+# Where the graph stands on a live memory: at its version, an older one, none at all, a
+# tombstone (the delete of a memory Postgres has live), or a newer version than Postgres has.
+GraphStatus = Literal["current", "behind", "missing", "tombstone", "ahead"]
+
+
+def graph_status(version: int, node: GraphMemory | None) -> GraphStatus:
+    """How the graph's node compares with a live memory at ``version`` in Postgres."""
+    if node is None:
+        return "missing"
+    if node.deleted:
+        return "tombstone"
+    if node.version == version:
+        return "current"
+    return "behind" if node.version < version else "ahead"
 
 
 def cache_is_current(state: MemoryState) -> bool:

@@ -59,6 +59,15 @@ class Settings(BaseSettings):
     auth_log_interval_seconds: float = Field(60.0, ge=0)  # rejected keys: one line per interval
     idempotency_retention_hours: float = Field(24.0, ge=0)
 
+    # Admin console (/admin): sessions are signed with this secret. Empty: a random secret per
+    # web process (sessions then work only with the process that issued them; set one shared
+    # secret when several web processes serve the console).
+    console_enabled: bool = True
+    console_session_secret: SecretStr = SecretStr("")
+    console_session_seconds: float = Field(8 * 3600.0, gt=0, le=7 * 24 * 3600)
+    # The overview's lag chart: the web process samples outbox stats this often (1 hour kept).
+    console_sample_seconds: float = Field(10.0, gt=0, le=3600)
+
     # Input bounds, for every door (HTTP and the Python API)
     max_body_bytes: int = Field(1_048_576, ge=1024, le=104_857_600)
     max_content_chars: int = Field(10_000, ge=1, le=1_000_000)
@@ -157,6 +166,13 @@ class Settings(BaseSettings):
         schemes = ("bolt://", "bolt+s://", "bolt+ssc://", "neo4j://", "neo4j+s://", "neo4j+ssc://")
         if not value.startswith(schemes):
             raise ValueError("must be a bolt:// or neo4j:// URI")
+        return value
+
+    @field_validator("console_session_secret")
+    @classmethod
+    def _session_secret(cls, value: SecretStr) -> SecretStr:
+        if value.get_secret_value() and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters (or empty for a random one)")
         return value
 
     @model_validator(mode="after")

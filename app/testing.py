@@ -19,9 +19,11 @@ from app.graph.base import (
     GraphMemory,
     GraphStore,
     MemoryProjection,
+    Neighbourhood,
     Neighbours,
     ProjectResult,
     RelatedMemory,
+    RelationRow,
 )
 
 
@@ -248,70 +250,97 @@ class FakeGraph:
         if not ids:
             return {}
         self._check()
-        out: dict[str, Neighbours] = {}
-        for mid in ids:
-            node = self.memories.get(mid)
-            if node is None or node.user_id != user_id:
-                continue
-            mine = {k for k in node.mentions if self._user(k) == user_id}
-            found = []
-            for oid, other in self.memories.items():
-                if oid == mid or other.user_id != user_id or other.deleted:
+        with self._lock:
+            out: dict[str, Neighbours] = {}
+            for mid in ids:
+                node = self.memories.get(mid)
+                if node is None or node.user_id != user_id:
                     continue
-                shared = sorted(mine & other.mentions)
-                if shared:
-                    found.append(RelatedMemory(oid, other.importance, tuple(
-                        EntityRow(k, self.entities[k]["name"], self.entities[k]["type"])
-                        for k in shared)))
-            found.sort(key=lambda r: (-len(r.shared), -r.importance, r.id))
-            out[mid] = Neighbours(node.version, node.deleted, tuple(found[:limit]))
-        return out
+                mine = {k for k in node.mentions if self._user(k) == user_id}
+                found = []
+                for oid, other in self.memories.items():
+                    if oid == mid or other.user_id != user_id or other.deleted:
+                        continue
+                    shared = sorted(mine & other.mentions)
+                    if shared:
+                        found.append(RelatedMemory(oid, other.importance, tuple(
+                            EntityRow(k, self.entities[k]["name"], self.entities[k]["type"])
+                            for k in shared)))
+                found.sort(key=lambda r: (-len(r.shared), -r.importance, r.id))
+                out[mid] = Neighbours(node.version, node.deleted, tuple(found[:limit]))
+            return out
 
     def entity_mentions(self, user_id: str, query: str | None, type_: str | None,
                         limit: int) -> list[EntityMentions]:
         self._check()
-        counts: dict[str, int] = {}
-        for node in self.memories.values():
-            if node.user_id != user_id or node.deleted:
-                continue
-            for k in node.mentions:
-                counts[k] = counts.get(k, 0) + 1
-        found = []
-        for key, n in counts.items():
-            e = self.entities.get(key)
-            if e is None or e["user_id"] != user_id or (type_ is not None and e["type"] != type_):
-                continue
-            if query is not None and query.lower() not in e["name"].lower():
-                continue
-            found.append(EntityMentions(EntityRow(key, e["name"], e["type"]), n))
-        found.sort(key=lambda m: (-m.mentions, m.entity.name, m.entity.key))
-        return found[:limit]
+        with self._lock:
+            counts: dict[str, int] = {}
+            for node in self.memories.values():
+                if node.user_id != user_id or node.deleted:
+                    continue
+                for k in node.mentions:
+                    counts[k] = counts.get(k, 0) + 1
+            found = []
+            for key, n in counts.items():
+                e = self.entities.get(key)
+                if e is None or e["user_id"] != user_id:
+                    continue
+                if type_ is not None and e["type"] != type_:
+                    continue
+                if query is not None and query.lower() not in e["name"].lower():
+                    continue
+                found.append(EntityMentions(EntityRow(key, e["name"], e["type"]), n))
+            found.sort(key=lambda m: (-m.mentions, m.entity.name, m.entity.key))
+            return found[:limit]
 
     def entity_memories(self, user_id: str, key: str, limit: int) -> list[str]:
         self._check()
-        if self._user(key) != user_id:
-            return []
-        found = [(mid, n.importance) for mid, n in self.memories.items()
-                 if n.user_id == user_id and not n.deleted and key in n.mentions]
-        found.sort(key=lambda f: (-f[1], f[0]))
-        return [mid for mid, _ in found[:limit]]
+        with self._lock:
+            if self._user(key) != user_id:
+                return []
+            found = [(mid, n.importance) for mid, n in self.memories.items()
+                     if n.user_id == user_id and not n.deleted and key in n.mentions]
+            found.sort(key=lambda f: (-f[1], f[0]))
+            return [mid for mid, _ in found[:limit]]
 
     def entity_neighbourhood(self, user_id: str, key: str, limit: int) -> list[EntityLink]:
         self._check()
-        if self._user(key) != user_id:
-            return []
-        links: dict[tuple[str, str], set[str]] = {}
-        for r in self.relations:
-            if r.user_id != user_id or key not in (r.source, r.target):
-                continue
-            other = r.target if r.source == key else r.source
-            if self._user(other) == user_id:
-                links.setdefault((other, r.predicate), set()).add(r.memory_id)
-        found = [EntityLink(EntityRow(o, self.entities[o]["name"], self.entities[o]["type"]),
-                            predicate, len(memories))
-                 for (o, predicate), memories in links.items()]
-        found.sort(key=lambda link: (-link.memories, link.entity.key, link.predicate))
-        return found[:limit]
+        with self._lock:
+            if self._user(key) != user_id:
+                return []
+            links: dict[tuple[str, str], set[str]] = {}
+            for r in self.relations:
+                if r.user_id != user_id or key not in (r.source, r.target):
+                    continue
+                other = r.target if r.source == key else r.source
+                if self._user(other) == user_id:
+                    links.setdefault((other, r.predicate), set()).add(r.memory_id)
+            found = [EntityLink(EntityRow(o, self.entities[o]["name"], self.entities[o]["type"]),
+                                predicate, len(memories))
+                     for (o, predicate), memories in links.items()]
+            found.sort(key=lambda link: (-link.memories, link.entity.key, link.predicate))
+            return found[:limit]
+    def neighbourhood(self, user_id: str, memory_id: str, limit: int) -> Neighbourhood | None:
+        self._check()
+        with self._lock:
+            node = self.memories.get(memory_id)
+            if node is None or node.deleted or node.user_id != user_id:
+                return None
+            mentioned = {k for k in node.mentions if self._user(k) == user_id}
+            touching = [r for r in self.relations if r.user_id == user_id
+                        and (r.source in mentioned or r.target in mentioned)]
+            around = sorted({k for r in touching for k in (r.source, r.target)
+                             if k not in mentioned and self._user(k) == user_id})[:limit]
+            shown = mentioned | set(around)
+            edges = sorted({(r.source, r.target, r.predicate) for r in touching
+                            if r.source in shown and r.target in shown})
+
+            def row(key: str) -> EntityRow:
+                return EntityRow(key, self.entities[key]["name"], self.entities[key]["type"])
+
+            return Neighbourhood(memory_id, tuple(row(k) for k in sorted(mentioned)),
+                                 tuple(row(k) for k in around),
+                                 tuple(RelationRow(*e) for e in edges))
 
     def ping(self) -> None:
         self._check()
@@ -384,6 +413,9 @@ class FailingGraph:
 
     def user_graph(self, user_id: str, limit: int) -> list[tuple[str, int, list[str]]]:
         return self.inner.user_graph(user_id, limit)
+
+    def neighbourhood(self, user_id: str, memory_id: str, limit: int) -> Neighbourhood | None:
+        return self.inner.neighbourhood(user_id, memory_id, limit)
 
     def ping(self) -> None:
         self.inner.ping()

@@ -103,7 +103,7 @@ class Services:
     @cached_property
     def admin(self) -> AdminService:
         return AdminService(self.settings, self.db, self.outbox, self.breakers,
-                            lambda: self.graph)
+                            lambda: self.graph, lambda: self.memories)
 
     @cached_property
     def backups(self) -> Backups:

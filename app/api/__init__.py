@@ -9,10 +9,12 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Protocol
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from app import console
 from app.api import docs, errors
 from app.api.guard import BodyLimit, RequestGuard
 from app.api.routes import admin, health, memories, persistence
@@ -21,6 +23,15 @@ from app.wiring import Services, build_services
 
 __all__ = ["create_app"]
 
+
+class Background(Protocol):
+    """A part of the app that works beside the requests (the console's sampler and jobs)."""
+
+    def start(self, services: Services) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 log = logging.getLogger(__name__)
 
 DESCRIPTION = """\
@@ -28,8 +39,8 @@ A memory layer for AI assistants. Each change commits with its outbox event in o
 transaction; the graph (Neo4j) is a projection that workers bring up to date asynchronously.
 
 Authenticate with `Authorization: Bearer <key>`. Service keys may use the memory API; admin keys
-may also use `/api/admin/*` and `/api/persistence/*`. `/api/health/live` and
-`/api/health/ready` need no key. Every error has the body
+may also use `/api/admin/*` and `/api/persistence/*`, and log in to the admin console at
+`/admin`. `/api/health/live` and `/api/health/ready` need no key. Every error has the body
 `{"error": {"code": "...", "message": "...", "field": "..."}}`.
 """
 
@@ -52,9 +63,13 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
             await run_in_threadpool(parts.db.check_embedding_dimension)
             await run_in_threadpool(parts.embedder.load)
             app.state.services = parts
+            for part in background:
+                part.start(parts)
             log.info("api started", extra={"action": "api.start"})
             yield
         finally:
+            for part in reversed(background):
+                await run_in_threadpool(part.stop)
             app.state.services = None
             if own:
                 parts.close()
@@ -70,6 +85,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
         docs_url=None, redoc_url=None,
         openapi_url="/openapi.json" if settings.api_docs else None,
     )
+    background: list[Background] = []
     app.state.guard = RequestGuard(settings)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     errors.install(app)
@@ -79,4 +95,6 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     app.include_router(memories.router)
     app.include_router(admin.router)
     app.include_router(persistence.router)
+    if settings.console_enabled:
+        background.append(console.install(app, settings))
     return app

@@ -94,6 +94,17 @@ SELECT count(*) FILTER (WHERE deleted_at IS NULL) AS live,
 FROM memories
 WHERE CAST(:user_id AS text) IS NULL OR user_id = :user_id;
 
+-- list_users --
+-- Users with live memories, in id order (keyset on the id), optionally by id prefix.
+SELECT user_id, count(*) AS memories, max(updated_at) AS last_change
+FROM memories
+WHERE deleted_at IS NULL
+  AND (CAST(:after AS text) IS NULL OR user_id > :after)
+  AND (CAST(:prefix AS text) IS NULL OR starts_with(user_id, :prefix))
+GROUP BY user_id
+ORDER BY user_id
+LIMIT :limit;
+
 -- embedding_dimension --
 -- The dimension of memories.embedding as the database has it.
 SELECT atttypmod FROM pg_attribute
@@ -382,6 +393,11 @@ FROM dead_letters;
 -- Open inconsistencies by kind.
 SELECT kind, count(*) AS n FROM inconsistencies WHERE resolved_at IS NULL GROUP BY kind;
 
+-- list_check_runs --
+-- The most recent check runs (finished or not), newest first.
+SELECT id, scope, started_at, finished_at, checked, found, result
+FROM check_runs ORDER BY id DESC LIMIT :limit;
+
 -- last_check_run --
 -- The most recent finished check.
 SELECT id, scope, started_at, finished_at, checked, found, result
@@ -398,9 +414,44 @@ WHERE (CAST(:status AS text) IS NULL OR status = :status)
   AND (CAST(:error AS text) IS NULL OR last_error ILIKE '%' || :error || '%')
   AND (CAST(:since AS timestamptz) IS NULL OR created_at >= :since)
   AND (CAST(:until AS timestamptz) IS NULL OR created_at < :until)
+  AND (CAST(:memory_id AS uuid) IS NULL OR memory_id = CAST(:memory_id AS uuid))
   AND (CAST(:before_id AS bigint) IS NULL OR id < :before_id)
 ORDER BY id DESC
 LIMIT :limit;
+
+-- count_dead_letters --
+-- How many dead letters a filter matches (the filters of list_dead_letters, without a page).
+SELECT count(*) FROM dead_letters
+WHERE (CAST(:status AS text) IS NULL OR status = :status)
+  AND (CAST(:user_id AS text) IS NULL OR user_id = :user_id)
+  AND (CAST(:event_type AS text) IS NULL OR event_type = :event_type)
+  AND (CAST(:error AS text) IS NULL OR last_error ILIKE '%' || :error || '%')
+  AND (CAST(:since AS timestamptz) IS NULL OR created_at >= :since)
+  AND (CAST(:until AS timestamptz) IS NULL OR created_at < :until)
+  AND (CAST(:memory_id AS uuid) IS NULL OR memory_id = CAST(:memory_id AS uuid));
+
+-- dead_letter_deliveries --
+-- These dead letters with where their outbox rows are now (a replay's delivery converging);
+-- delivery is NULL once the row is gone (pruned after it was done).
+SELECT d.id, d.outbox_id, d.memory_id, d.user_id, d.event_type, d.memory_version, d.status,
+       o.status AS delivery, o.attempts AS delivery_attempts, o.last_error AS delivery_error,
+       o.done_at
+FROM dead_letters d LEFT JOIN outbox o ON o.id = d.outbox_id
+WHERE d.id = ANY(:ids)
+ORDER BY d.id DESC;
+
+-- memory_in_transit --
+-- One user's memory's outbox rows still pending or in flight, newest first.
+SELECT id, memory_version, event_type, status, attempts, last_error, next_attempt_at, created_at
+FROM outbox
+WHERE memory_id = :memory_id AND user_id = :user_id AND status IN ('pending', 'in_flight')
+ORDER BY id DESC
+LIMIT :limit;
+
+-- outbox_done_since --
+-- Rows the workers finished in the last :seconds (throughput).
+SELECT count(*) FROM outbox
+WHERE status = 'done' AND done_at > now() - make_interval(secs => :seconds);
 
 -- get_dead_letter --
 -- One dead letter with its full error history.

@@ -112,6 +112,21 @@ class EntityLink:
     memories: int  # memories that make this link
 
 
+@dataclass(frozen=True)
+class Neighbourhood:
+    """A live memory's place in its user's graph, for people to look at.
+
+    ``entities``: what the memory mentions; ``neighbours``: the user's other entities one RELATED
+    hop away from those (at most the limit asked for, by key); ``relations``: the distinct RELATED
+    edges among all of them that touch a mentioned entity. Each list is sorted.
+    """
+
+    memory_id: str
+    entities: tuple[EntityRow, ...] = ()
+    neighbours: tuple[EntityRow, ...] = ()
+    relations: tuple[RelationRow, ...] = ()
+
+
 class GraphStore(Protocol):
     def ensure_schema(self) -> None:
         """Create constraints and indexes (idempotent)."""
@@ -175,6 +190,9 @@ class GraphStore(Protocol):
     def entity_neighbourhood(self, user_id: str, key: str, limit: int) -> list[EntityLink]:
         """The user's entities RELATED to ``key`` (either direction), with the predicate and
         how many memories make each link, most first."""
+    def neighbourhood(self, user_id: str, memory_id: str, limit: int) -> Neighbourhood | None:
+        """The memory's entities and their one-hop neighbourhood in the user's own graph;
+        None unless the user has this memory, live, in the graph."""
 
     def ping(self) -> None:
         """Raise GraphUnavailable unless the graph answers."""

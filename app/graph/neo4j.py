@@ -28,9 +28,11 @@ from app.graph.base import (
     GraphCounts,
     GraphMemory,
     MemoryProjection,
+    Neighbourhood,
     Neighbours,
     ProjectResult,
     RelatedMemory,
+    RelationRow,
 )
 from app.settings import Settings
 
@@ -291,6 +293,24 @@ class Neo4jGraph:
 
         return [EntityLink(EntityRow(r["key"], r["name"], r["type"]), r["predicate"],
                            int(r["memories"])) for r in self._read(tx)]
+    def neighbourhood(self, user_id: str, memory_id: str, limit: int) -> Neighbourhood | None:
+        def tx(t: ManagedTransaction) -> Any:
+            return t.run(c("memory_neighbourhood"), user_id=user_id, memory_id=memory_id,
+                         limit=limit).single()
+
+        r = self._read(tx)
+        if r is None:
+            return None
+
+        def rows(items: list[dict[str, str]]) -> tuple[EntityRow, ...]:
+            return tuple(sorted((EntityRow(i["key"], i["name"], i["type"]) for i in items),
+                                key=lambda e: e.key))
+
+        return Neighbourhood(
+            memory_id, rows(r["entities"]), rows(r["neighbours"]),
+            tuple(sorted((RelationRow(i["source"], i["target"], i["predicate"])
+                          for i in r["relations"]),
+                         key=lambda x: (x.source, x.target, x.predicate))))
 
     def ping(self) -> None:
         self._run(self.driver.verify_connectivity)

@@ -215,3 +215,34 @@ WITH o, r.predicate AS predicate, count(DISTINCT r.memory_id) AS memories
 RETURN o.key AS key, o.name AS name, o.type AS type, predicate, memories
 ORDER BY memories DESC, key, predicate
 LIMIT $limit
+
+// memory_neighbourhood //
+// One user's live memory: the entities it mentions, the user's entities one RELATED hop away
+// (at most $limit, by key) and the distinct RELATED edges among them that touch a mentioned one.
+// Every node and edge is the user's own: a crossing edge is never followed.
+MATCH (m:Memory {id: $memory_id})
+WHERE m.user_id = $user_id AND coalesce(m.deleted, false) = false
+CALL (m) {
+  OPTIONAL MATCH (m)-[:MENTIONS]->(e:Entity)
+  WHERE e.user_id = $user_id
+  RETURN collect(DISTINCT e) AS mentioned
+}
+CALL (mentioned) {
+  UNWIND mentioned AS e
+  MATCH (e)-[r:RELATED]-(n:Entity)
+  WHERE r.user_id = $user_id AND n.user_id = $user_id AND NOT n IN mentioned
+  WITH DISTINCT n
+  ORDER BY n.key
+  LIMIT $limit
+  RETURN collect(n) AS around
+}
+CALL (mentioned, around) {
+  UNWIND mentioned AS e
+  MATCH (e)-[r:RELATED]-(n:Entity)
+  WHERE r.user_id = $user_id AND (n IN mentioned OR n IN around)
+  RETURN collect(DISTINCT {source: startNode(r).key, target: endNode(r).key,
+                           predicate: r.predicate}) AS relations
+}
+RETURN [e IN mentioned | {key: e.key, name: e.name, type: e.type}] AS entities,
+       [n IN around | {key: n.key, name: n.name, type: n.type}] AS neighbours,
+       relations

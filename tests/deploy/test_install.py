@@ -3,7 +3,8 @@
 ``memctl migrate`` must find its migration scripts inside the installed package and bring an
 empty database to this code's head from any working directory, as the image's unprivileged
 user; ``memctl ready`` tells an unmigrated database from a migrated one; the development
-commands (``services``, ``run``) are not part of the installed copy.
+commands (``services``, ``run``) are not part of the installed copy; the console's templates
+and assets are.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import psycopg
 import pytest
 
 from app.db.migrations import code_heads
+from devtools.harness import REPO
 from devtools.image import Image
 from tests.conftest import TestServers
 from tests.deploy.conftest import outside, run_as
@@ -50,5 +52,15 @@ def test_the_installed_package_migrates_an_empty_database_from_anywhere(
         listed = run(str(image.bin / "memctl"), "--help")
         assert listed.returncode == 0 and "migrate" in listed.stdout
         assert "services" not in listed.stdout  # development tooling is not shipped
+        # The console's templates and assets are package data: every template compiles.
+        console = run(str(image.bin / "python"), "-c",
+                      "from app.console.web import HERE, environment\n"
+                      "env = environment()\n"
+                      "names = env.list_templates()\n"
+                      "for name in names: env.get_template(name)\n"
+                      "print(len(names), *sorted(p.name for p in (HERE / 'static').iterdir()))")
+        assert console.returncode == 0, console.stderr
+        templates = len(list((REPO / "app" / "console" / "templates").glob("*.html")))
+        assert console.stdout.split() == [str(templates), "console.css", "console.js"]
     finally:
         test_servers.drop_database(dbname)

@@ -23,6 +23,7 @@ from app.graph.base import (
     GraphMemory,
     GraphStore,
     MemoryProjection,
+    Neighbourhood,
     ProjectResult,
     RelationRow,
 )
@@ -634,6 +635,67 @@ def test_user_graph_lists_live_memories_by_id(graph: GraphStore) -> None:
     assert graph.user_graph(CAROL, 10) == []
 
 
+# -- neighbourhood ------------------------------------------------------------------------------
+
+
+def test_neighbourhood_is_the_memorys_entities_and_one_related_hop(graph: GraphStore) -> None:
+    john, acme = ent(ALICE, "John"), ent(ALICE, "Acme", "organization")
+    berlin, zed = ent(ALICE, "Berlin", "place"), ent(ALICE, "Zed")
+    graph.project([
+        mem("m1", 1, john, acme, relations=(rel(john, acme, "works_at"),)),
+        mem("m2", 1, acme, berlin, relations=(rel(acme, berlin, "located_in"),)),
+        mem("m3", 1, berlin, zed, relations=(rel(zed, berlin, "lives_in"),)),  # two hops away
+    ])
+    assert graph.neighbourhood(ALICE, "m1", 10) == Neighbourhood(
+        "m1", entities=(acme, john), neighbours=(berlin,),
+        relations=(RelationRow(acme.key, berlin.key, "located_in"),
+                   RelationRow(john.key, acme.key, "works_at")))
+    # Edges are followed both ways: Zed is reached from Berlin against the arrow.
+    around = graph.neighbourhood(ALICE, "m2", 10)
+    assert around is not None
+    assert around.neighbours == (john, zed)
+    assert RelationRow(zed.key, berlin.key, "lives_in") in around.relations
+    assert graph.neighbourhood(ALICE, "m4", 10) is None  # not in the graph
+    graph.project([mem("m4", 1)])
+    assert graph.neighbourhood(ALICE, "m4", 10) == Neighbourhood("m4")
+
+
+def test_neighbourhood_keeps_the_first_neighbours_by_key_and_their_edges(
+        graph: GraphStore) -> None:
+    hub = ent(ALICE, "Hub")
+    spokes = [ent(ALICE, f"Spoke{i}") for i in range(5)]
+    graph.project([mem("m1", 1, hub),
+                   mem("m2", 1, hub, *spokes, relations=tuple(rel(hub, s) for s in spokes))])
+    first = graph.neighbourhood(ALICE, "m1", 2)
+    assert first is not None
+    assert first.neighbours == tuple(sorted(spokes, key=lambda e: e.key)[:2])
+    assert {r.target for r in first.relations} == {e.key for e in first.neighbours}
+
+
+def test_neighbourhood_never_crosses_users_or_shows_a_tombstone(graph: GraphStore,
+                                                                tamper: Tamper) -> None:
+    john, acme = ent(ALICE, "John"), ent(ALICE, "Acme", "organization")
+    b_eve = ent(BOB, "Eve")
+    graph.project([mem("a1", 1, john, acme, relations=(rel(john, acme),)),
+                   mem("b1", 1, b_eve, user=BOB), mem("a2", 2, deleted=True)])
+    tamper.relation(john.key, b_eve.key, "a1", ALICE)  # onto Bob's entity
+    tamper.relation(acme.key, john.key, "b1", BOB, "spies_on")  # stamped with Bob
+    assert graph.neighbourhood(ALICE, "a1", 10) == Neighbourhood(
+        "a1", entities=(acme, john), relations=(RelationRow(john.key, acme.key, "knows"),))
+    assert graph.neighbourhood(BOB, "a1", 10) is None  # another user's memory: as missing
+    assert graph.neighbourhood(ALICE, "b1", 10) is None
+    assert graph.neighbourhood(ALICE, "a2", 10) is None  # a tombstone
+
+
+def test_neighbourhood_lists_an_edge_written_twice_once(graph: GraphStore, tamper: Tamper
+                                                        ) -> None:
+    john, acme = ent(ALICE, "John"), ent(ALICE, "Acme", "organization")
+    graph.project([mem("a1", 1, john, acme, relations=(rel(john, acme), rel(john, acme)))])
+    tamper.relation(john.key, acme.key, "a9", ALICE)  # the same edge from another memory
+    found = graph.neighbourhood(ALICE, "a1", 10)
+    assert found is not None and found.relations == (RelationRow(john.key, acme.key, "knows"),)
+
+
 # -- ping and close -----------------------------------------------------------------------------
 
 
@@ -680,6 +742,7 @@ def test_a_fake_that_is_down_raises_graph_unavailable_everywhere() -> None:
         "entity_mentions": lambda: fake.entity_mentions(ALICE, None, None, 5),
         "entity_memories": lambda: fake.entity_memories(ALICE, "k", 5),
         "entity_neighbourhood": lambda: fake.entity_neighbourhood(ALICE, "k", 5),
+        "neighbourhood": lambda: fake.neighbourhood(ALICE, "m1", 10),
         "ping": lambda: fake.ping(),
     }
     assert set(calls) | {"close"} == set(interface_methods())
@@ -773,7 +836,7 @@ def test_entity_neighbourhood_follows_related_edges_both_ways(graph: GraphStore)
 
 
 def interface_methods() -> list[str]:
-    """The 19 method names of the GraphStore protocol."""
+    """The 20 method names of the GraphStore protocol."""
     return sorted(n for n, v in vars(GraphStore).items()
                   if callable(v) and not n.startswith("_"))
 
@@ -809,6 +872,7 @@ ARGS: dict[str, tuple[Any, ...]] = {
     "entity_mentions": (ALICE, "jo", "person", 6),
     "entity_memories": (ALICE, "k1", 7),
     "entity_neighbourhood": (ALICE, "k1", 8),
+    "neighbourhood": (ALICE, "m1", 8),
     "ping": (),
     "close": (),
 }
@@ -816,7 +880,7 @@ ARGS: dict[str, tuple[Any, ...]] = {
 
 def test_the_suite_knows_every_interface_method() -> None:
     methods = interface_methods()
-    assert len(methods) == 19 and set(ARGS) == set(methods)
+    assert len(methods) == 20 and set(ARGS) == set(methods)
     source = inspect.getsource(sys.modules[__name__])
     untested = [m for m in methods if f"graph.{m}(" not in source]
     assert untested == []

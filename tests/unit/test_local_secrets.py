@@ -16,7 +16,7 @@ from devtools.localservers import write_secret
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in ("DATABASE_URL", "REDIS_URL", "NEO4J_PASSWORD", "API_SERVICE_KEYS",
-                 "API_ADMIN_KEYS"):
+                 "API_ADMIN_KEYS", "CONSOLE_SESSION_SECRET"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LOCAL_DIR", str(tmp_path / "state"))
@@ -37,7 +37,8 @@ def test_a_fresh_stack_gets_its_own_secrets_once(tmp_path: Path) -> None:
     path = tmp_path / "state" / "secrets.env"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert set(first) == {"API_SERVICE_KEYS", "API_ADMIN_KEYS", "REDIS_URL", "NEO4J_PASSWORD",
-                          "DATABASE_URL"}
+                          "DATABASE_URL", "CONSOLE_SESSION_SECRET"}
+    assert len(first["CONSOLE_SESSION_SECRET"]) >= 32
     assert "memory-local" not in first["DATABASE_URL"] and ":@" not in first["REDIS_URL"]
     settings = load_settings()  # reads them back from $LOCAL_DIR/secrets.env
     assert settings.redis_url == first["REDIS_URL"]
@@ -48,8 +49,10 @@ def test_a_fresh_stack_gets_its_own_secrets_once(tmp_path: Path) -> None:
 def test_configured_values_are_never_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6399/0")
     monkeypatch.setenv("API_SERVICE_KEYS", "mine")
+    monkeypatch.setenv("CONSOLE_SESSION_SECRET", "s" * 32)
     made = ensure_local_secrets(load_settings())
     assert "REDIS_URL" not in made and "API_SERVICE_KEYS" not in made
+    assert "CONSOLE_SESSION_SECRET" not in made
     assert load_settings().redis_url == "redis://127.0.0.1:6399/0"
 
 
