@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.context import Context
-from bench.sections import check, lag, memory, projection, search, write
+from bench.sections import check, lag, memory, projection, retrieval, search, write
 
 Section = Callable[[Context], dict[str, Any]]
 
@@ -15,6 +15,7 @@ SECTIONS: dict[str, Section] = {
     "projection": projection.run,
     "lag": lag.run,
     "check": check.run,
+    "retrieval": retrieval.run,
     "search": search.run,
     "memory": memory.run,
 }

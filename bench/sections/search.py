@@ -1,21 +1,24 @@
-"""Section 5, search: MemoryService.search latency and recall@10 against an exact scan.
+"""Section: search latency at 100k memories, and recall@10 of the vector index against an exact
+scan, with the default embedder (the model users get).
 
 The memories are stored with store_many (batches of 500 over a few users); searches are per
-user, as the API runs them. Two kinds of query, half each:
+user through ``Retrieval.search``, as the API runs them: hybrid (the default), vector and text.
+Two kinds of query, half each:
 
 - ``topic``: short questions in the corpus's vocabulary ("what did Acme Corp say about
   pricing"), close to no memory in particular;
 - ``near-duplicate``: a stored memory of that user with three words replaced, the way a user
   looks for something they remember.
 
-The exact answer computes every distance of the user's rows and sorts: the same filters, with
-the distance in a subquery behind ``OFFSET 0`` and index scans disabled, so the HNSW index
-cannot serve it. Bench-side statements (exact answers, the ef_search sweep, plans) run on their
-own connection without prepared statements: psycopg prepares a statement after five runs, and a
-cached plan made under ``enable_indexscan = off`` would otherwise be reused by later searches
-on that connection (or the reverse), which silently corrupts both sides of the comparison.
-Recall counts a returned memory as right when its distance is within the exact tenth distance,
-so exact ties at the boundary are not misses.
+Recall is measured for the vector mode (the HNSW index is the approximate part; hybrid fuses its
+list with the exact full-text one). The exact answer computes every distance of the user's rows
+and sorts: the same filters, with the distance in a subquery behind ``OFFSET 0`` and index scans
+disabled, so the HNSW index cannot serve it. Bench-side statements (exact answers, the ef_search
+sweep, plans) run on their own connection without prepared statements: psycopg prepares a
+statement after five runs, and a cached plan made under ``enable_indexscan = off`` would
+otherwise be reused by later searches on that connection (or the reverse), which silently
+corrupts both sides of the comparison. Recall counts a returned memory as right when its
+distance is within the exact tenth distance, so exact ties at the boundary are not misses.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ from typing import Any
 
 import psycopg
 
-from app.embeddings import HashingEmbedder, to_pgvector
-from app.store import MemoryService
+from app.embeddings import to_pgvector
+from app.embeddings.base import Embedder
+from app.retrieval import Retrieval
 from bench.context import Context
 from bench.corpus import FIRST, TOPICS, Corpus
 from bench.dataset import PRELOAD_BATCH, SEED, dataset
@@ -37,18 +41,19 @@ from bench.stats import Latencies, run_closed
 
 VECTOR_LITERAL = re.compile(r"'\[[^\]]*\]'::vector")
 TOP_K = 10
-SERVICE_EF = max(40, TOP_K * 4)  # what MemoryService.search sets for top 10 (search_settings)
+SERVICE_EF = 100  # what Retrieval.search sets for top 10 (min 1000, max 100, 2 x pool)
 EF_SWEEP = (40, 100, 200, 400)
 EPS = 1e-6
 KINDS = ("topic", "near-duplicate")
 SETTINGS = ("SELECT set_config('hnsw.iterative_scan', 'strict_order', true), "
             "set_config('hnsw.ef_search', %(ef)s, true)")
-# The shape of search_memories (app/db/queries.sql), for the sweep and the plan.
+# The vector list of search_candidates (app/db/queries.sql), for the sweep and the plan.
 INDEXED = ("SELECT id::text, embedding <=> %(q)s::vector AS d FROM memories "
-           "WHERE user_id = %(u)s AND deleted_at IS NULL AND metadata @> '{}'::jsonb "
-           "AND importance >= 1 ORDER BY embedding <=> %(q)s::vector LIMIT %(k)s")
+           "WHERE user_id = %(u)s AND deleted_at IS NULL AND embedder = %(e)s "
+           "AND metadata @> '{}'::jsonb AND importance >= 1 "
+           "ORDER BY embedding <=> %(q)s::vector LIMIT %(k)s")
 EXACT = ("SELECT id, d FROM (SELECT id::text AS id, embedding <=> %(q)s::vector AS d "
-         "FROM memories WHERE user_id = %(u)s AND deleted_at IS NULL "
+         "FROM memories WHERE user_id = %(u)s AND deleted_at IS NULL AND embedder = %(e)s "
          "AND metadata @> '{}'::jsonb AND importance >= 1 OFFSET 0) s ORDER BY d LIMIT %(k)s")
 DISTANCES = ("SELECT id::text, embedding <=> %(q)s::vector FROM memories "
              "WHERE id = ANY(%(ids)s::uuid[])")
@@ -93,9 +98,9 @@ def _recall(got: list[str], exact: list[tuple[str, float]],
     return min(hits, len(exact)) / len(exact)
 
 
-def _quality(conn: psycopg.Connection[Any], service: MemoryService, embedder: HashingEmbedder,
+def _quality(conn: psycopg.Connection[Any], retrieval: Retrieval, embedder: Embedder,
              queries: list[Query]) -> tuple[dict[str, Any], Latencies]:
-    """Recall@10 per query kind of ``service.search`` and of the statement at other
+    """Recall@10 per query kind of vector search and of its statement at other
     ``hnsw.ef_search`` values, against the exact answer; plus the exact scan's latency."""
     exact_lat = Latencies("exact scan")
     sweep = {ef: Latencies(f"ef_search {ef}") for ef in EF_SWEEP}
@@ -103,12 +108,12 @@ def _quality(conn: psycopg.Connection[Any], service: MemoryService, embedder: Ha
     counts = {kind: 0 for kind in KINDS}
     for kind, user, query in queries:
         vector = to_pgvector(embedder.embed([query])[0])
-        params = {"q": vector, "u": user, "k": TOP_K}
+        params = {"q": vector, "u": user, "k": TOP_K, "e": embedder.identity}
         t0 = time.perf_counter()
         exact = _rows(conn, EXACT, params, exact=True)
         exact_lat.samples.append(time.perf_counter() - t0)
-        answers: dict[Any, list[str]] = {
-            "service": [str(m.id) for m in service.search(user, query, top_k=TOP_K)]}
+        found = retrieval.search(user, query, mode="vector", top_k=TOP_K).hits
+        answers: dict[Any, list[str]] = {"service": [str(h.memory.id) for h in found]}
         for ef in EF_SWEEP:
             t0 = time.perf_counter()
             answers[ef] = [mid for mid, _ in _rows(conn, INDEXED, params, ef=ef)]
@@ -148,37 +153,43 @@ def run(ctx: Context) -> dict[str, Any]:
     """Time per-user searches on the shared dataset and compare them with exact answers."""
     sz = ctx.sizes
     ds = dataset(ctx, sz.search_n)
-    service = ds.service
-    embedder = HashingEmbedder(ds.settings.embedding_dim)
+    retrieval = ds.services.retrieval
+    embedder = ds.services.embedder
     queries = make_queries(Corpus(seed=SEED), ds.size, ds.users, sz.search_queries)
+    say(f"search: embedder {embedder.identity}")
 
-    def op(i: int) -> None:
-        _, user, query = queries[i % len(queries)]
-        service.search(user, query, top_k=TOP_K)
+    def op(mode: Any) -> Any:
+        def one(i: int) -> None:
+            _, user, query = queries[i % len(queries)]
+            retrieval.search(user, query, mode=mode, top_k=TOP_K)
+        return one
 
-    say(f"search: {len(queries)} searches ({', '.join(KINDS)}), 1 thread")
-    lat1 = run_closed("search (1 thr)", op, threads=1, max_ops=len(queries), max_seconds=300)
-    say(f"  p50 {lat1.ms(50):.2f} ms  p99 {lat1.ms(99):.2f} ms")
-    say(f"search: {len(queries)} searches, 4 threads")
-    lat4 = run_closed("search (4 thr)", op, threads=4, max_ops=len(queries), max_seconds=300)
-    say(f"  p50 {lat4.ms(50):.2f} ms  p99 {lat4.ms(99):.2f} ms  {lat4.throughput:.0f}/s")
-    ctx.samples["search (1 thr)"] = lat1.samples
-    say("search: exact answers (index unusable) and recall@10")
+    latency: dict[str, Any] = {}
+    for label, mode, threads in (("hybrid", "hybrid", 1), ("hybrid", "hybrid", 4),
+                                 ("vector", "vector", 1), ("text", "text", 1)):
+        name = f"search {label} ({threads} thr)"
+        say(f"{name}: {len(queries)} searches ({', '.join(KINDS)})")
+        lat = run_closed(name, op(mode), threads=threads, max_ops=len(queries),
+                         max_seconds=300)
+        say(f"  p50 {lat.ms(50):.2f} ms  p99 {lat.ms(99):.2f} ms  {lat.throughput:.0f}/s")
+        latency[name] = lat.summary()
+        ctx.samples[name] = lat.samples
+    say("search: exact answers (index unusable) and recall@10 of vector search")
     with psycopg.connect(ctx.env.admin_dsn(ds.settings), autocommit=True,
                          prepare_threshold=None) as conn:
-        quality, exact_lat = _quality(conn, service, embedder, queries)
+        quality, exact_lat = _quality(conn, retrieval, embedder, queries)
         _, user, query = queries[0]
-        params = {"q": to_pgvector(embedder.embed([query])[0]), "u": user, "k": TOP_K}
+        params = {"q": to_pgvector(embedder.embed([query])[0]), "u": user, "k": TOP_K,
+                  "e": embedder.identity}
         plans = {"search": _plan(conn, INDEXED, params),
                  "exact": _plan(conn, EXACT, params, exact=True)}
     for row in quality["ef_sweep"]:
         say(f"  hnsw.ef_search {row['ef_search']}: recall@10 topic {row['topic']:.3f}, "
             f"near-duplicate {row['near-duplicate']:.3f}; p50 {row['p50_ms']:.1f} ms")
     svc = quality["service"]
-    say(f"  MemoryService.search recall@10: topic {svc['topic']:.3f}, near-duplicate "
+    say(f"  vector search recall@10: topic {svc['topic']:.3f}, near-duplicate "
         f"{svc['near-duplicate']:.3f}; exact scan p50 {exact_lat.ms(50):.1f} ms")
     return {"memories": ds.size, "users": ds.users, "queries": len(queries),
-            "top_k": TOP_K, "load": ds.loads,
-            "latency_1_thread": lat1.summary(), "latency_4_threads": lat4.summary(),
-            "exact_scan": exact_lat.summary(), "recall_at_10": svc,
+            "top_k": TOP_K, "load": ds.loads, "embedder": embedder.identity,
+            "latency": latency, "exact_scan": exact_lat.summary(), "recall_at_10": svc,
             "service_ef_search": SERVICE_EF, "ef_sweep": quality["ef_sweep"], "plans": plans}

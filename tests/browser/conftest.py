@@ -45,13 +45,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: the sync API keeps an asyncio loop running on the main thread while
+# it is open, and later tests that call asyncio.run() (the async clients) would fail.
+@pytest.fixture(scope="module")
 def playwright() -> Iterator[Playwright]:
     with sync_playwright() as driver:
         yield driver
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     """Headless Chromium from Debian's package, with a fresh profile Playwright makes."""
     chromium = playwright.chromium.launch(executable_path=ensure_chromium(), args=FLAGS,
