@@ -71,8 +71,8 @@ class DualWriteService:
         """Write Postgres, then Neo4j, before answering; a Neo4j failure raises to the caller."""
         vector = self.embedder.embed([content])[0]
         digest = content_hash(content)
-        memory_id = _insert(self.db, user_id, content, to_pgvector(vector),
-                            json.dumps(metadata or {}), importance, digest)
+        memory_id = _insert(self.db, self.embedder.identity, user_id, content,
+                            to_pgvector(vector), json.dumps(metadata or {}), importance, digest)
         extraction = self.extractor.extract(content)
         entities = sorted(
             ({"key": entity_key(user_id, e.type, e.name), "name": e.name, "type": e.type}
@@ -105,17 +105,20 @@ def bare_insert(db: Database, embedder: Embedder, user_id: str, content: str,
     no outbox row, no NOTIFY.
     """
     vector = embedder.embed([content])[0]
-    return _insert(db, user_id, content, to_pgvector(vector), "{}", importance,
-                   content_hash(content))
+    return _insert(db, embedder.identity, user_id, content, to_pgvector(vector), "{}",
+                   importance, content_hash(content))
 
 
-def _insert(db: Database, user_id: str, content: str, embedding: str, metadata: str,
-            importance: int, digest: str) -> uuid.UUID:
-    """The memory row, with the app's own named statement (``insert_memory``), one transaction."""
+def _insert(db: Database, embedder: str, user_id: str, content: str, embedding: str,
+            metadata: str, importance: int, digest: str) -> uuid.UUID:
+    """The memory row, with the app's own named statement (``insert_memory``), one transaction.
+
+    Full-text indexing uses ``english``, the default SEARCH_LANGUAGE, as the product does."""
     with db.transaction() as tx:
         row = tx.one("insert_memory", {
             "user_id": user_id, "content": content, "embedding": embedding,
-            "metadata": metadata, "importance": importance, "content_hash": digest,
+            "embedder": embedder, "metadata": metadata, "importance": importance,
+            "content_hash": digest, "ts_config": "english",
         })
     if row is None:
         raise RuntimeError("insert_memory returned no row")
