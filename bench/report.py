@@ -315,6 +315,21 @@ def _memory_md(s: dict[str, Any]) -> list[str]:
                     web["search"]["p50_ms"], web["search"]["p99_ms"]]])]
 
 
+def _http_md(s: dict[str, Any]) -> list[str]:
+    return [
+        "## 7. HTTP writes: one memory per request against batches", "",
+        f"`memctl web` with the `{s['embedder']}` embedder; `POST /api/memories` against "
+        f"`POST /api/memories/batch` with {s['batch_size']} memories per request (one "
+        "transaction each). Throughput counts memories stored; latency is per request.", "",
+        table(["route", "threads", "memories", "memories/s", "request p50 ms", "p99 ms",
+               "errors"],
+              [["batch" if r["kind"] == "batch" else "single", r["threads"], r["memories"],
+                r["memories_per_s"], r["p50_ms"], r["p99_ms"], r["errors"]]
+               for r in s["rows"]]), "",
+        "Batch over single, memories/s: " + ", ".join(
+            f"{t} thread(s) {x}x" for t, x in s["batch_speedup"].items()), ""]
+
+
 def _load_md(load: dict[str, dict[str, float]]) -> list[str]:
     """The share of the machine's CPU that processes outside this run used, per section."""
     if not load:
@@ -331,7 +346,7 @@ def _load_md(load: dict[str, dict[str, float]]) -> list[str]:
 
 SECTION_MD = {"write": _write_md, "projection": _projection_md, "lag": _lag_md,
               "check": _check_md, "retrieval": _retrieval_md, "search": _search_md,
-              "memory": _memory_md}
+              "memory": _memory_md, "http": _http_md}
 
 
 def markdown(results: dict[str, Any], chart: str | None) -> str:

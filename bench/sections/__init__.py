@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.context import Context
-from bench.sections import check, lag, memory, projection, retrieval, search, write
+from bench.sections import check, http, lag, memory, projection, retrieval, search, write
 
 Section = Callable[[Context], dict[str, Any]]
 
@@ -18,4 +18,5 @@ SECTIONS: dict[str, Section] = {
     "retrieval": retrieval.run,
     "search": search.run,
     "memory": memory.run,
+    "http": http.run,
 }
