@@ -1,8 +1,11 @@
-"""The nlp extractor's merge of spaCy's names and links with the rules (pure: no spaCy)."""
+"""The nlp extractor's merge of spaCy's names and links with the rules (pure: no spaCy), and
+the web process never importing spaCy."""
 
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 
 import pytest
 
@@ -142,3 +145,18 @@ def test_links_to_unknown_names_are_ignored() -> None:
     merged = combine(Extraction(), [Name("Alice", "person", 0)],
                      [Link("Alice", "Nobody", "met"), Link("Alice", "Alice", "met")])
     assert merged.relations == []
+
+
+def test_the_web_process_never_imports_spacy() -> None:
+    # A fresh interpreter: this one may have loaded spaCy for other tests.
+    code = ("import sys\n"
+            "from app.api import create_app\n"
+            "from app.settings import Settings\n"
+            "from app.wiring import build_services\n"
+            "settings = Settings(extractor='nlp', embedding_provider='hashing')\n"
+            "create_app(settings)\n"
+            "assert type(build_services(settings).extractor).__name__ == 'NlpExtractor'\n"
+            "assert 'spacy' not in sys.modules, 'spacy imported'\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
