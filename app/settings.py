@@ -96,8 +96,9 @@ class Settings(BaseSettings):
     # background, this many per minute at most (0: only `memctl reembed` does).
     reembed_per_minute: int = Field(3000, ge=0)
 
-    # Entity extraction
-    extractor: Literal["rules", "llm"] = "rules"
+    # Entity extraction: rules (built in), llm (an OpenAI-compatible endpoint), nlp (spaCy's
+    # en_core_web_sm with the rules, in the worker; pip install '.[nlp]', see requirements/nlp.txt)
+    extractor: Literal["rules", "llm", "nlp"] = "rules"
     llm_base_url: str = "https://api.openai.com/v1"
     llm_model: str = "gpt-4o-mini"
     llm_api_key: SecretStr = SecretStr("")

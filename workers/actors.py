@@ -10,12 +10,15 @@ relay sends no work, so probing cannot wait for a message.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from typing import Any
 
 import dramatiq
 
 from app.breakers import Prober
+from app.errors import ConfigError
+from app.extraction import NlpExtractor
 from app.logs import configure_logging
 from app.projector import Projector
 from app.queue import build_broker, declare_project_actor
@@ -31,6 +34,15 @@ log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _services: Services | None = None
+
+if settings.extractor == "nlp":
+    # The nlp extractor's model loads (and is checked by sha256) before this worker takes any
+    # message: a missing or altered model stops the worker here with one line naming the fix.
+    try:
+        NlpExtractor().load()
+    except ConfigError as exc:
+        log.critical("worker cannot start: %s", exc, extra={"action": "worker.extractor"})
+        sys.exit(2)
 
 
 def services() -> Services:

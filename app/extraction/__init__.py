@@ -1,4 +1,5 @@
-"""Entity extractors behind one small interface: fast rules by default, an LLM as an option."""
+"""Entity extractors behind one small interface: fast rules by default, an LLM or spaCy (nlp,
+in the worker only) as options."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from app.extraction.base import (
     Probed,
 )
 from app.extraction.llm import SYSTEM_PROMPT, LLMExtractor
+from app.extraction.nlp import NlpExtractor
 from app.extraction.rules import RuleExtractor
 from app.settings import Settings
 
@@ -29,6 +31,9 @@ def make_extractor(settings: Settings) -> Extractor:
             min(settings.llm_timeout_seconds, settings.lease_seconds / 4),
             max_wait=min(1.0, settings.lease_seconds / 10),
         )
+    if settings.extractor == "nlp":
+        # spaCy is imported and the model loaded on first use (or by ``load()``), not here.
+        return NlpExtractor()
     return RuleExtractor()
 
 
@@ -40,6 +45,7 @@ __all__ = [
     "EntityType",
     "Extractor",
     "LLMExtractor",
+    "NlpExtractor",
     "Probed",
     "RuleExtractor",
     "make_extractor",

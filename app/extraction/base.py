@@ -11,7 +11,7 @@ from typing import Literal, Protocol, get_args, runtime_checkable
 from app.domain import Extraction
 
 EntityType = Literal[
-    "person", "organization", "date", "quarter", "email", "url", "hashtag", "topic"
+    "person", "organization", "place", "date", "quarter", "email", "url", "hashtag", "topic"
 ]
 ENTITY_TYPES: frozenset[str] = frozenset(get_args(EntityType))
 
