@@ -15,9 +15,10 @@ from collections.abc import Callable
 from importlib import metadata as package_metadata
 from typing import Annotated, Any, Literal, TypeVar
 
+import pydantic
 from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
-from mcp_types import ToolAnnotations
+from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
+from mcp_types import CallToolResult, InputRequiredResult, ToolAnnotations
 from pydantic import Field
 
 from app.api.schemas import (
@@ -71,12 +72,36 @@ def _answer(call: Callable[[], T]) -> T:
         raise ToolError("internal error") from exc
 
 
+class _Server(MCPServer[Any]):
+    """The SDK's server, refusing unknown arguments (the SDK drops them), with argument errors
+    that name the field and the rule only."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any],
+                        context: Any = None) -> CallToolResult | InputRequiredResult:
+        known = {t.name: t.input_schema.get("properties", {}) for t in await self.list_tools()}
+        unknown = sorted(set(arguments) - set(known.get(name, arguments)))
+        if unknown:  # say so, rather than ignore it: above all a user id
+            raise ToolError(f"invalid arguments for {name}: unknown {', '.join(unknown)} (this "
+                            f"server acts for its configured user only)")
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            cause = exc.__cause__
+            if isinstance(exc, UnexpectedToolError) \
+                    or not isinstance(cause, pydantic.ValidationError):
+                raise
+            # pydantic's text repeats the rejected value and links its docs: neither helps.
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: "
+                                 f"{e['msg']}" for e in cause.errors())
+            raise ToolError(f"invalid arguments for {name}: {problems}") from cause
+
+
 def build_server(services: Services, user_id: str) -> MCPServer:
     """The MCP server whose tools act on ``user_id``'s memories only."""
     user = check_user_id(user_id)
     memories = services.memories
     retrieval = services.retrieval
-    server = MCPServer("memory-persistence", instructions=INSTRUCTIONS, version=_version(),
+    server = _Server("memory-persistence", instructions=INSTRUCTIONS, version=_version(),
                        log_level=services.settings.log_level)
 
     def tool(annotations: ToolAnnotations) -> Callable[[Callable[..., Any]], None]:

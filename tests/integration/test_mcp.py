@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -145,8 +147,9 @@ async def cannot_reach_bob(client: Client, bob_id: str) -> None:
             assert "not found" in error(await client.call_tool(
                 tool, {"memory_id": memory_id, **extra})), tool
     # A model that adds a user id gets no further: the tools have no such argument.
-    sneaky = await client.call_tool("get_memory", {"memory_id": bob_id, "user_id": "bob"})
-    assert sneaky.is_error
+    for tool in ("get_memory", "delete_memory"):
+        sneaky = error(await client.call_tool(tool, {"memory_id": bob_id, "user_id": "bob"}))
+        assert "unknown user_id" in sneaky, sneaky
     found = result(await client.call_tool("search_memories", {"query": "bob secret plan"}))
     assert bob_id not in {h["id"] for h in found["items"]}
     assert result(await client.call_tool("entity_memories", {"key": "person:bob"}))["items"] \
@@ -160,7 +163,9 @@ async def bad_input_is_a_tool_error(client: Client) -> None:
         level["a"] = level = {}
     for tool, arguments in (
             ("get_memory", {"memory_id": "not-a-uuid"}),
+            ("get_memory", {"memory_id": str(uuid.uuid4()), "as_admin": True}),
             ("search_memories", {"query": "x", "top_k": 1000}),
+            ("search_memories", {"query": "x", "top_k": "many"}),
             ("search_memories", {"query": "x", "mode": "psychic"}),
             ("search_memories", {"query": ""}),
             ("add_memory", {"content": "x", "importance": 11}),
@@ -170,7 +175,8 @@ async def bad_input_is_a_tool_error(client: Client) -> None:
             ("entity_memories", {"key": "no-colon"}),
             ("list_entities", {"entity_type": "Person!"}),
             ("no_such_tool", {})):
-        assert error(await client.call_tool(tool, arguments)), (tool, arguments)
+        text = error(await client.call_tool(tool, arguments))
+        assert text and "pydantic.dev" not in text and "Traceback" not in text, text
 
 
 def test_stdio_tools_list_lifecycle_isolation_and_bad_input(
@@ -259,3 +265,18 @@ def test_http_needs_a_service_key_and_serves_the_configured_user(
             assert [h["content"] for h in found["items"]][:1] == ["Buy oat milk"]
 
     asyncio.run(sessions())
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ([], "set MCP_USER_ID or pass --user-id"),
+    (["--user-id", "bad\x01user"], "MCP_USER_ID"),
+    (["--user-id", "alice", "--transport", "carrier-pigeon"], "--transport must be stdio or http"),
+])
+def test_memctl_mcp_refuses_to_start_without_a_valid_user_or_transport(
+        args: list[str], message: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MCP_")}
+    done = subprocess.run([sys.executable, "-m", "app.cli", "mcp", *args], cwd=REPO,
+                          env={**env, "LOCAL_DIR": str(tmp_path)}, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and done.stdout == ""
