@@ -4,20 +4,24 @@ Every request needs ``Authorization: Bearer <key>``: a service or admin key the 
 (``app.keys``: the bootstrap keys and the keys kept in Postgres, revocation included). A key
 bound to a namespace is refused (403) unless the configured user is in it. Requests without a
 valid key are answered 401 before the MCP layer sees them, and counted in one aggregated log
-line per AUTH_LOG_INTERVAL_SECONDS, as the API does. Keys never reach a log.
+line per AUTH_LOG_INTERVAL_SECONDS; each key is held to API_RATE_LIMIT_PER_SECOND (429): the
+API's own ``RequestGuard``. Keys never reach a log.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
+import math
 
 import anyio.to_thread
 import uvicorn
+from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.api.guard import RequestGuard
 from app.api.server import protocol_for
+from app.errors import MemoryPersistenceError, RateLimited
 from app.keys import ApiKeys
 from app.logs import configure_logging
 from app.mcp.tools import build_server
@@ -28,42 +32,44 @@ log = logging.getLogger(__name__)
 
 
 class RequireServiceKey:
-    """ASGI middleware: 401 without a known key, 403 when the key may not act for the user."""
+    """ASGI middleware: 401 without a known key, 403 when the key may not act for the user,
+    429 (with Retry-After) when the key is over API_RATE_LIMIT_PER_SECOND."""
 
-    def __init__(self, app: ASGIApp, keys: ApiKeys, user_id: str,
-                 log_interval: float = 60.0) -> None:
+    def __init__(self, app: ASGIApp, keys: ApiKeys, user_id: str, guard: RequestGuard) -> None:
         self.app = app
         self.keys = keys
         self.user_id = user_id
-        self.log_interval = log_interval
-        self._refused = 0
-        self._last_log = -1e18
+        self.guard = guard
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan: the session manager starts and stops with it
             await self.app(scope, receive, send)
             return
         secret = _bearer(scope)
-        principal = (await anyio.to_thread.run_sync(self.keys.identify, secret)
-                     if secret else None)
+        try:
+            principal = (await anyio.to_thread.run_sync(self.keys.identify, secret)
+                         if secret else None)
+        except MemoryPersistenceError as exc:  # Postgres, for a key kept there
+            await _refuse(send, 503, exc.code, exc.public or "unavailable; retry",
+                          [(b"retry-after", b"1")])
+            return
         if principal is None:
-            self._count_refused()
+            self.guard.rejected(Request(scope), "missing" if secret is None else "unknown")
             await _refuse(send, 401, "unauthorized",
-                          "an API key is required: Authorization: Bearer <service key>")
+                          "an API key is required: Authorization: Bearer <service key>",
+                          [(b"www-authenticate", b"Bearer")])
             return
         if not principal.may_act_for(self.user_id):
             await _refuse(send, 403, "forbidden",
                           "this key may not act for the user this MCP server serves")
             return
+        try:
+            self.guard.admit(principal)
+        except RateLimited as exc:
+            wait = str(max(1, math.ceil(exc.retry_after))).encode()
+            await _refuse(send, 429, exc.code, str(exc), [(b"retry-after", wait)])
+            return
         await self.app(scope, receive, send)
-
-    def _count_refused(self) -> None:
-        self._refused += 1
-        now = time.monotonic()
-        if now - self._last_log >= self.log_interval:
-            log.warning("MCP requests refused for a missing or unknown API key", extra={
-                "action": "mcp.auth_rejected", "count": self._refused})
-            self._refused, self._last_log = 0, now
 
 
 def _bearer(scope: Scope) -> str | None:
@@ -76,12 +82,12 @@ def _bearer(scope: Scope) -> str | None:
     return None
 
 
-async def _refuse(send: Send, status: int, code: str, message: str) -> None:
+async def _refuse(send: Send, status: int, code: str, message: str,
+                  extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    """An answer in the HTTP API's error shape, before the MCP layer sees the request."""
     body = json.dumps({"error": {"code": code, "message": message, "field": None}}).encode()
     headers = [(b"content-type", b"application/json"),
-               (b"content-length", str(len(body)).encode())]
-    if status == 401:
-        headers.append((b"www-authenticate", b"Bearer"))
+               (b"content-length", str(len(body)).encode()), *(extra or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -92,7 +98,7 @@ def http_app(services: Services, user_id: str, host: str = "127.0.0.1") -> ASGIA
     server = build_server(services, user_id)
     app = server.streamable_http_app(host=host, max_request_body_size=settings.max_body_bytes)
     return RequireServiceKey(app, services.keys, check_user_id(user_id),
-                             settings.auth_log_interval_seconds)
+                             RequestGuard(settings))
 
 
 def serve_http(services: Services, user_id: str, host: str, port: int) -> None:
