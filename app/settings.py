@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     auth_log_interval_seconds: float = Field(60.0, ge=0)  # rejected keys: one line per interval
     idempotency_retention_hours: float = Field(24.0, ge=0)
 
+    # MCP server (`memctl mcp`): the one user whose memories its tools act on (never a tool
+    # argument, so a model cannot pick another user), and where `--transport http` listens.
+    mcp_user_id: str = ""
+    mcp_host: str = "127.0.0.1"
+    mcp_port: int = Field(8765, ge=1, le=65535)
+
     # Admin console (/admin): sessions are signed with this secret. Empty: a random secret per
     # web process (sessions then work only with the process that issued them; set one shared
     # secret when several web processes serve the console).

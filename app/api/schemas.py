@@ -7,6 +7,7 @@ settings (content length) are checked by MemoryService, the one place every call
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -24,6 +25,7 @@ from pydantic import (
     StrictStr,
 )
 
+from app import retrieval
 from app.consistency import Operation
 from app.domain import MAX_PAGE, MAX_TOP_K, Memory
 from app.errors import ValidationError
@@ -246,6 +248,42 @@ class EntityMemoriesResult(BaseModel):
     source: Literal["graph", "postgres"]
     reason: str | None = None
     in_transit: int
+
+
+def entity_ref(e: retrieval.EntityRef) -> EntityRef:
+    return EntityRef(key=e.key, name=e.name, type=e.type)
+
+
+def search_result(found: retrieval.SearchResult) -> SearchResult:
+    """A search's answer as the HTTP API (and the MCP server) return it."""
+    return SearchResult(
+        items=[SearchHit(**h.memory.model_dump(), score=h.score, similarity=h.similarity,
+                         vector_rank=h.vector_rank, text_rank=h.text_rank,
+                         text_score=h.text_score, via=h.via, neighbour_of=h.neighbour_of,
+                         shared_entities=[entity_ref(e) for e in h.shared]) for h in found.hits],
+        mode=found.mode, embedder=found.embedder, pending_reembed=found.pending_reembed,
+        graph=GraphAnswer(**dataclasses.asdict(found.graph)) if found.graph else None)
+
+
+def related_result(found: retrieval.RelatedResult) -> RelatedResult:
+    return RelatedResult(
+        memory_id=found.memory_id, memory_version=found.memory_version,
+        graph_version=found.graph_version,
+        items=[RelatedItem(memory=r.memory, shared_entities=[entity_ref(e) for e in r.shared])
+               for r in found.items],
+        **dataclasses.asdict(found.answer))
+
+
+def entities_result(found: retrieval.EntitiesResult) -> EntitiesResult:
+    return EntitiesResult(items=[EntityItem(key=i.entity.key, name=i.entity.name,
+                                            type=i.entity.type, mentions=i.mentions)
+                                 for i in found.items],
+                          in_transit=found.in_transit, **dataclasses.asdict(found.answer))
+
+
+def entity_memories_result(found: retrieval.EntityMemoriesResult) -> EntityMemoriesResult:
+    return EntityMemoriesResult(items=found.items, in_transit=found.in_transit,
+                                **dataclasses.asdict(found.answer))
 
 
 class Deleted(BaseModel):

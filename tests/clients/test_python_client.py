@@ -6,6 +6,7 @@ client sends checked against the live OpenAPI document."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import uuid
 from collections.abc import Mapping
@@ -19,7 +20,10 @@ from sqlalchemy import text
 
 import memory_persistence_client as mpc
 from app.db.connector import Database
+from app.extraction import RuleExtractor
+from app.graph.neo4j import Neo4jGraph
 from app.settings import Settings
+from app.wiring import build_services
 from memory_persistence_client import (
     AsyncMemoryClient,
     MemoryClient,
@@ -29,7 +33,7 @@ from memory_persistence_client import (
 )
 from memory_persistence_client.models import SCHEMA_COMPONENTS
 from tests.clients.conftest import LosingProxy, Web
-from tests.conftest import wait_for
+from tests.conftest import drain, wait_for
 
 pytestmark = [pytest.mark.servers, pytest.mark.slow]
 
@@ -125,6 +129,54 @@ def test_the_async_client_against_the_live_api(web: Web, service_key: str) -> No
                 await client.get("carol", stored.id)
 
     asyncio.run(tour())
+
+
+def test_search_modes_related_and_entities_through_the_client(
+        web: Web, service_key: str, settings: Settings, db: Database,
+        graph: Neo4jGraph) -> None:
+    with MemoryClient(web.url, service_key) as client:
+        roadmap = client.store("dave", "Meeting with John about the Q4 roadmap",
+                               metadata={"topic": "work"}, importance=8)
+        review = client.store("dave", "John sent the Q4 review", importance=4)
+        client.store("dave", "Buy oat milk", metadata={"topic": "home"})
+        client.store("erin", "Meeting with John about the Q4 roadmap")
+
+        for mode in ("vector", "text", "hybrid"):
+            found = client.search("dave", "Q4 roadmap meeting with John", mode=mode, top_k=2)
+            assert found.mode == mode and found[0].id == roadmap.id, mode
+        filtered = client.search("dave", "John", mode="text", metadata={"topic": "work"},
+                                 min_importance=5)
+        assert [h.id for h in filtered] == [roadmap.id]
+
+        # The worker's part, done here: the rule extractor's entities into the graph.
+        with build_services(settings, db=db, graph=graph,
+                            extractor=RuleExtractor()) as parts:
+            drain(parts.projector, db)
+
+        related = client.related("dave", roadmap.id, limit=5)
+        assert [r.memory.id for r in related] == [review.id]
+        assert "person:john" in {e.key for e in related.items[0].shared_entities}
+        assert related.source == "graph" and not related.degraded
+        assert related.graph_version == related.memory_version == 1
+
+        expanded = client.search("dave", "Q4 roadmap meeting with John", top_k=1,
+                                 expand="graph")
+        assert [(h.id, h.via) for h in expanded] == [(roadmap.id, "search"),
+                                                      (review.id, "graph")]
+        assert expanded.graph is not None and expanded.graph.source == "graph"
+
+        entities = client.entities("dave", query="jo")
+        assert [(e.key, e.mentions) for e in entities] == [("person:john", 2)]
+        people = client.entities("dave", entity_type="person")
+        assert {e.type for e in people} == {"person"}
+        mentioning = client.entity_memories("dave", "person:john")
+        assert [m.id for m in mentioning] == [roadmap.id, review.id]
+        assert list(client.entity_memories("dave", "person:nobody")) == []
+
+        with pytest.raises(mpc.NotFound):  # erin's memory is not dave's to relate
+            client.related("dave", client.search("erin", "John", top_k=1)[0].id)
+        with pytest.raises(mpc.ValidationError):
+            client.entity_memories("dave", "no-type")
 
 
 def test_a_store_retried_across_a_crash_and_restart_is_stored_once(
@@ -228,12 +280,21 @@ EXAMPLE_MEMORY = {"id": str(uuid.uuid4()), "user_id": "alice", "content": "c", "
                   "importance": 5, "version": 1, "created_at": "2026-01-01T00:00:00Z",
                   "updated_at": "2026-01-01T00:00:00Z", "entities": [
                       {"name": "John", "type": "person"}], "truncated": False}
+EXAMPLE_ENTITY = {"key": "person:john", "name": "John", "type": "person"}
 EXAMPLES: dict[str, Any] = {
     "Memory": EXAMPLE_MEMORY,
     "BatchResult": {"items": [EXAMPLE_MEMORY]},
     "Page": {"items": [EXAMPLE_MEMORY], "next_cursor": None},
     "SearchResult": {"items": [{**EXAMPLE_MEMORY, "score": 0.5}]},
     "Deleted": {"id": EXAMPLE_MEMORY["id"], "version": 2, "deleted": True},
+    "RelatedResult": {"memory_id": EXAMPLE_MEMORY["id"], "memory_version": 1,
+                      "graph_version": 1, "items": [{"memory": EXAMPLE_MEMORY,
+                                                     "shared_entities": [EXAMPLE_ENTITY]}],
+                      "degraded": False, "source": "graph", "reason": None},
+    "EntitiesResult": {"items": [{**EXAMPLE_ENTITY, "mentions": 1}], "degraded": False,
+                       "source": "graph", "reason": None, "in_transit": 0},
+    "EntityMemoriesResult": {"items": [EXAMPLE_MEMORY], "degraded": False, "source": "graph",
+                             "reason": None, "in_transit": 0},
 }
 
 
@@ -262,7 +323,11 @@ def test_the_client_sends_what_the_live_openapi_document_describes(
     client.update("alice", some, content="c", metadata={"a": 2}, importance=4,
                   expected_version=1)
     client.delete("alice", some, expected_version=1)
-    client.search("alice", "q", top_k=3, metadata={"a": 1}, min_importance=2)
+    client.search("alice", "q", top_k=3, metadata={"a": 1}, min_importance=2, mode="text",
+                  expand="graph")
+    client.related("alice", some, limit=3)
+    client.entities("alice", query="jo", entity_type="person", limit=3)
+    client.entity_memories("alice", "person:john", limit=3)
     assert {c for _, c in sent} == set(EXAMPLES)  # every documented answer was read
 
     problems: list[str] = []
@@ -288,6 +353,6 @@ def test_the_client_sends_what_the_live_openapi_document_describes(
     # The models read the documented fields, all the required ones, and no others.
     for name, (model, client_only) in SCHEMA_COMPONENTS.items():
         schema = doc["components"]["schemas"][name]
-        fields = set(model.__dataclass_fields__) - client_only
+        fields = {f.name for f in dataclasses.fields(model)} - client_only
         assert fields <= set(schema["properties"]), (name, fields - set(schema["properties"]))
         assert set(schema.get("required", ())) <= fields, name

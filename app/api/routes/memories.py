@@ -7,14 +7,12 @@ the service is synchronous: FastAPI runs them in its thread pool.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Response
 
-from app import retrieval as retrieval_types
 from app.api.deps import MemoryServiceDep, RetrievalDep, ServicePrincipal, require_service
 from app.api.errors import AUTH_ERRORS, CONFLICT, FORBIDDEN, NOT_FOUND, ErrorBody
 from app.api.schemas import (
@@ -22,20 +20,19 @@ from app.api.schemas import (
     BatchStoreRequest,
     Deleted,
     EntitiesResult,
-    EntityItem,
     EntityMemoriesResult,
-    EntityRef,
-    GraphAnswer,
     LegacyStoreRequest,
-    RelatedItem,
     RelatedResult,
-    SearchHit,
     SearchRequest,
     SearchResult,
     StoreRequest,
     Text,
     UpdateRequest,
     UserId,
+    entities_result,
+    entity_memories_result,
+    related_result,
+    search_result,
 )
 from app.domain import MAX_PAGE, Memory, Page
 from app.errors import ValidationError
@@ -226,20 +223,9 @@ def search_memories(body: SearchRequest, retrieval: RetrievalDep,
     or both fused (the default); each hit says where it ranked. With `expand: "graph"`, the
     hits' graph neighbours follow, marked `via: "graph"`."""
     principal.authorize(body.user_id)
-    found = retrieval.search(body.user_id, body.query, mode=body.mode, top_k=body.top_k,
-                             metadata=body.metadata, min_importance=body.min_importance,
-                             expand=body.expand)
-    return SearchResult(
-        items=[SearchHit(**h.memory.model_dump(), score=h.score, similarity=h.similarity,
-                         vector_rank=h.vector_rank, text_rank=h.text_rank,
-                         text_score=h.text_score, via=h.via, neighbour_of=h.neighbour_of,
-                         shared_entities=[_ref(e) for e in h.shared]) for h in found.hits],
-        mode=found.mode, embedder=found.embedder, pending_reembed=found.pending_reembed,
-        graph=GraphAnswer(**dataclasses.asdict(found.graph)) if found.graph else None)
-
-
-def _ref(e: retrieval_types.EntityRef) -> EntityRef:
-    return EntityRef(key=e.key, name=e.name, type=e.type)
+    return search_result(retrieval.search(
+        body.user_id, body.query, mode=body.mode, top_k=body.top_k, metadata=body.metadata,
+        min_importance=body.min_importance, expand=body.expand))
 
 
 @router.get("/memories/{memory_id}/related", response_model=RelatedResult,
@@ -252,13 +238,7 @@ def related_memories(
     """The user's live memories that share entities with this one (from the graph; from the
     extractions cached in Postgres, marked `degraded`, when the graph is down or behind)."""
     principal.authorize(user_id)
-    found = retrieval.related(user_id, memory_id, limit=limit)
-    return RelatedResult(
-        memory_id=found.memory_id, memory_version=found.memory_version,
-        graph_version=found.graph_version,
-        items=[RelatedItem(memory=r.memory, shared_entities=[_ref(e) for e in r.shared])
-               for r in found.items],
-        **dataclasses.asdict(found.answer))
+    return related_result(retrieval.related(user_id, memory_id, limit=limit))
 
 
 @router.get("/entities", response_model=EntitiesResult, summary="A user's entities")
@@ -273,11 +253,8 @@ def list_entities(
 ) -> EntitiesResult:
     """Names, types and mention counts of the user's entities, most mentioned first."""
     principal.authorize(user_id)
-    found = retrieval.entities(user_id, query=q, type_=entity_type, limit=limit)
-    return EntitiesResult(items=[EntityItem(key=i.entity.key, name=i.entity.name,
-                                            type=i.entity.type, mentions=i.mentions)
-                                 for i in found.items],
-                          in_transit=found.in_transit, **dataclasses.asdict(found.answer))
+    return entities_result(retrieval.entities(user_id, query=q, type_=entity_type,
+                                              limit=limit))
 
 
 @router.get("/entities/{key}/memories", response_model=EntityMemoriesResult,
@@ -290,6 +267,4 @@ def entity_memories(
 ) -> EntityMemoriesResult:
     """The user's live memories that mention this entity, most important first."""
     principal.authorize(user_id)
-    found = retrieval.entity_memories(user_id, key, limit=limit)
-    return EntityMemoriesResult(items=found.items, in_transit=found.in_transit,
-                                **dataclasses.asdict(found.answer))
+    return entity_memories_result(retrieval.entity_memories(user_id, key, limit=limit))

@@ -45,6 +45,13 @@ export type BatchStoreRequest = JsonBody<"/api/memories/batch", "post">;
 export type BatchItem = BatchStoreRequest["items"][number];
 export type UpdateRequest = JsonBody<"/api/memories/{memory_id}", "patch">;
 export type SearchRequest = JsonBody<"/api/memories/search", "post">;
+export type RelatedResult = JsonAnswer<"/api/memories/{memory_id}/related", "get", 200>;
+export type RelatedItem = RelatedResult["items"][number];
+export type EntitiesResult = JsonAnswer<"/api/entities", "get", 200>;
+export type EntityItem = EntitiesResult["items"][number];
+export type EntityMemoriesResult = JsonAnswer<"/api/entities/{key}/memories", "get", 200>;
+/** The entities' query: `q` matches part of the name, `type` the type (e.g. person). */
+export type EntitiesQuery = Query<"/api/entities", "get">;
 
 /** A stored memory; `replayed` when its Idempotency-Key had stored it before (say, on an
  * attempt whose answer was lost). */
@@ -219,13 +226,46 @@ export class MemoryClient {
     return body as Deleted;
   }
 
-  /** Semantic search over the user's memories, best first. */
+  /** The user's memories that best match the query, best first: `mode` "vector" (meaning),
+   * "text" (words) or "hybrid" (both, the default); `metadata` and `min_importance` filter;
+   * `expand: "graph"` adds the hits' graph neighbours (`via: "graph"`). */
   async search(body: SearchRequest, options: CallOptions = {}): Promise<SearchResult> {
     // A read, though sent with POST: repeating it is harmless.
     const { body: result } = await this.#send({
       method: "POST", path: "/api/memories/search", body, safe: true, signal: options.signal,
     });
     return result as SearchResult;
+  }
+
+  /** Memories sharing entities with this one, most shared first (NotFound when the memory is
+   * missing, deleted, or another user's); `degraded` when the graph was down or behind. */
+  async related(userId: string, memoryId: string, query: { limit?: number } = {},
+                options: CallOptions = {}): Promise<RelatedResult> {
+    const { body } = await this.#send({
+      method: "GET", path: "/api/memories/{memory_id}/related",
+      pathParams: { memory_id: memoryId }, query: { user_id: userId, limit: query.limit },
+      safe: true, signal: options.signal,
+    });
+    return body as RelatedResult;
+  }
+
+  /** The user's entities with their mention counts, most mentioned first. */
+  async entities(query: EntitiesQuery, options: CallOptions = {}): Promise<EntitiesResult> {
+    const { body } = await this.#send({
+      method: "GET", path: "/api/entities", query, safe: true, signal: options.signal,
+    });
+    return body as EntitiesResult;
+  }
+
+  /** The user's memories that mention the entity `key` (`type:name`, as `entities` gives
+   * it), most important first. */
+  async entityMemories(userId: string, key: string, query: { limit?: number } = {},
+                       options: CallOptions = {}): Promise<EntityMemoriesResult> {
+    const { body } = await this.#send({
+      method: "GET", path: "/api/entities/{key}/memories", pathParams: { key },
+      query: { user_id: userId, limit: query.limit }, safe: true, signal: options.signal,
+    });
+    return body as EntityMemoriesResult;
   }
 
   // -- sending, with retries ------------------------------------------------------------------

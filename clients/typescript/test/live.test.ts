@@ -108,6 +108,32 @@ describe("the live API", { skip }, () => {
     await assert.rejects(stranger.get("ts-alice", stored.id), Unauthorized);
   });
 
+  it("searches by mode and reads related memories and entities", async () => {
+    const roadmap = await client.store({ user_id: "ts-frank", importance: 8,
+                                         content: "Meeting with John about the Q4 roadmap" });
+    await client.store({ user_id: "ts-frank", content: "Buy oat milk" });
+    for (const mode of ["vector", "text", "hybrid"] as const) {
+      const found = await client.search({ user_id: "ts-frank", query: "Q4 roadmap John", mode,
+                                          top_k: 1, expand: "graph" });
+      assert.equal(found.mode, mode);
+      assert.equal(found.items[0]!.id, roadmap.id);
+      assert.ok(found.graph, "expand reports how the neighbours were found");
+    }
+    // No worker runs here: the graph has nothing yet, and the answers say so.
+    const related = await client.related("ts-frank", roadmap.id, { limit: 5 });
+    assert.deepEqual([related.memory_id, related.memory_version, related.graph_version],
+                     [roadmap.id, 1, null]);
+    assert.equal(related.degraded, true);
+    const entities = await client.entities({ user_id: "ts-frank", q: "jo" });
+    assert.equal(entities.degraded, true);
+    assert.ok(entities.in_transit >= 2);
+    const mentioning = await client.entityMemories("ts-frank", "person:john");
+    assert.deepEqual(mentioning.items, []);
+    await assert.rejects(client.related("ts-other", roadmap.id), NotFound);
+    await assert.rejects(client.entityMemories("ts-frank", "no-type"),
+                         (e: unknown) => e instanceof ValidationError && e.field === "key");
+  });
+
   it("stores once when the answer to a store is lost and the store is retried", async () => {
     // A proxy that lets the store reach the API, then cuts the connection instead of passing
     // the answer on: the memory is committed, the client never hears of it and retries.

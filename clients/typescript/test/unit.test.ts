@@ -298,6 +298,56 @@ describe("the client", () => {
   });
 });
 
+describe("search modes, related memories and entities", () => {
+  const JOHN = { key: "person:john", name: "John", type: "person" };
+
+  it("sends mode, filters and expansion, and reads the neighbours", async () => {
+    const script = new Script(answer(200, {
+      items: [{ ...MEMORY, score: 0.03, vector_rank: 1, text_rank: null },
+              { ...MEMORY, id: "0b6f3a1e-2c44-4f0e-8d7a-5b8e9c0d1e22", score: 0, via: "graph",
+                neighbour_of: MEMORY.id, shared_entities: [JOHN] }],
+      mode: "vector", embedder: "hashing/384", pending_reembed: 0,
+      graph: { source: "graph", degraded: false, reason: null } }));
+    const { c } = client(script);
+    const found = await c.search({ user_id: "alice", query: "John", mode: "vector", top_k: 3,
+                                   metadata: { topic: "work" }, min_importance: 2,
+                                   expand: "graph" });
+    assert.deepEqual(JSON.parse(String(script.requests[0]!.init.body)), {
+      user_id: "alice", query: "John", mode: "vector", top_k: 3, metadata: { topic: "work" },
+      min_importance: 2, expand: "graph" });
+    assert.deepEqual(found.items.map((h) => h.via), [undefined, "graph"]);
+    assert.equal(found.items[1]!.shared_entities?.[0]?.key, "person:john");
+    assert.equal(found.graph?.degraded, false);
+  });
+
+  it("reads related memories, entities and an entity's memories, retrying like reads", async () => {
+    const related = { memory_id: MEMORY.id, memory_version: 1, graph_version: 1,
+                      items: [{ memory: MEMORY, shared_entities: [JOHN] }],
+                      degraded: false, source: "graph", reason: null };
+    const script = new Script(error(503, "store_unavailable"), answer(200, related),
+                              answer(200, { items: [{ ...JOHN, mentions: 2 }], degraded: false,
+                                            source: "graph", reason: null, in_transit: 0 }),
+                              answer(200, { items: [MEMORY], degraded: true, source: "postgres",
+                                            reason: "1 changes are not in the graph yet",
+                                            in_transit: 1 }));
+    const { c, sleeps } = client(script);
+    const r = await c.related("alice", MEMORY.id, { limit: 5 });
+    assert.equal(sleeps.length, 1);
+    assert.deepEqual(r.items.map((i) => i.shared_entities.map((e) => e.key)), [["person:john"]]);
+    const e = await c.entities({ user_id: "alice", q: "jo", type: "person", limit: 10 });
+    assert.equal(e.items[0]!.mentions, 2);
+    const m = await c.entityMemories("alice", "person:john/smith", { limit: 7 });
+    assert.equal(m.degraded, true);
+    assert.equal(m.in_transit, 1);
+    assert.deepEqual(script.requests.map((q) => q.url), [
+      `http://memory.test/api/memories/${MEMORY.id}/related?user_id=alice&limit=5`,
+      `http://memory.test/api/memories/${MEMORY.id}/related?user_id=alice&limit=5`,
+      "http://memory.test/api/entities?user_id=alice&q=jo&type=person&limit=10",
+      // the key is one path segment: ':' and '/' are escaped
+      "http://memory.test/api/entities/person%3Ajohn%2Fsmith/memories?user_id=alice&limit=7"]);
+  });
+});
+
 describe("the runtime's own network failures", () => {
   // Real sockets, so the classification meets the errors this runtime's fetch really throws.
   async function server(handler: http.RequestListener): Promise<[http.Server, string]> {

@@ -11,7 +11,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -20,15 +20,20 @@ from memory_persistence_client.errors import ProtocolError
 from memory_persistence_client.models import (
     BatchResult,
     Deleted,
+    EntitiesResult,
+    EntityMemoriesResult,
     Memory,
     NewMemory,
     Page,
+    RelatedResult,
     SearchResult,
     StoredMemory,
 )
 
 T = TypeVar("T")
 MemoryId = uuid.UUID | str
+SearchMode = Literal["vector", "text", "hybrid"]
+Expand = Literal["graph"]
 
 
 @dataclass(frozen=True)
@@ -128,8 +133,29 @@ def delete(user_id: str, memory_id: MemoryId, expected_version: int | None) -> C
 
 
 def search(user_id: str, query: str, top_k: int | None, metadata: Mapping[str, Any] | None,
-           min_importance: int | None) -> Call[SearchResult]:
+           min_importance: int | None, mode: SearchMode | None = None,
+           expand: Expand | None = None) -> Call[SearchResult]:
     # A read, though sent with POST: repeating it is harmless.
     return Call("POST", "/api/memories/search", lambda r: SearchResult.from_json(_json(r)),
                 body=_without_none(user_id=user_id, query=query, top_k=top_k,
-                                   metadata=metadata, min_importance=min_importance))
+                                   metadata=metadata, min_importance=min_importance, mode=mode,
+                                   expand=expand))
+
+
+def related(user_id: str, memory_id: MemoryId, limit: int | None) -> Call[RelatedResult]:
+    return Call("GET", f"/api/memories/{_id(memory_id)}/related",
+                lambda r: RelatedResult.from_json(_json(r)),
+                params=_without_none(user_id=user_id, limit=limit))
+
+
+def entities(user_id: str, query: str | None, entity_type: str | None,
+             limit: int | None) -> Call[EntitiesResult]:
+    return Call("GET", "/api/entities", lambda r: EntitiesResult.from_json(_json(r)),
+                params=_without_none(user_id=user_id, q=query, type=entity_type, limit=limit))
+
+
+def entity_memories(user_id: str, key: str, limit: int | None) -> Call[EntityMemoriesResult]:
+    # The key (type:name) is one path segment: every reserved character is escaped.
+    return Call("GET", f"/api/entities/{quote(key, safe='')}/memories",
+                lambda r: EntityMemoriesResult.from_json(_json(r)),
+                params=_without_none(user_id=user_id, limit=limit))

@@ -17,14 +17,17 @@ from typing import Any, Self, TypeVar
 import httpx
 
 from memory_persistence_client import _calls
-from memory_persistence_client._calls import Call, MemoryId
+from memory_persistence_client._calls import Call, Expand, MemoryId, SearchMode
 from memory_persistence_client.errors import APIError, TransportError
 from memory_persistence_client.models import (
     BatchResult,
     Deleted,
+    EntitiesResult,
+    EntityMemoriesResult,
     Memory,
     NewMemory,
     Page,
+    RelatedResult,
     SearchResult,
     StoredMemory,
 )
@@ -191,9 +194,32 @@ class MemoryClient(_Retrying):
 
     def search(self, user_id: str, query: str, *, top_k: int | None = None,
                metadata: Mapping[str, Any] | None = None,
-               min_importance: int | None = None) -> SearchResult:
-        """Semantic search over the user's memories, best first."""
-        return self._send(_calls.search(user_id, query, top_k, metadata, min_importance))
+               min_importance: int | None = None, mode: SearchMode | None = None,
+               expand: Expand | None = None) -> SearchResult:
+        """The user's memories that best match ``query``, best first: ``mode`` ``"vector"``
+        (by meaning), ``"text"`` (full-text) or ``"hybrid"`` (both fused; the server's
+        default); ``metadata`` and ``min_importance`` filter; ``expand="graph"`` adds the
+        hits' graph neighbours (``via == "graph"``)."""
+        return self._send(_calls.search(user_id, query, top_k, metadata, min_importance, mode,
+                                        expand))
+
+    def related(self, user_id: str, memory_id: MemoryId, *,
+                limit: int | None = None) -> RelatedResult:
+        """Memories sharing entities with this one, most shared first (``NotFound`` when the
+        memory is missing, deleted, or another user's)."""
+        return self._send(_calls.related(user_id, memory_id, limit))
+
+    def entities(self, user_id: str, *, query: str | None = None,
+                 entity_type: str | None = None, limit: int | None = None) -> EntitiesResult:
+        """The user's entities with their mention counts, most mentioned first; ``query``
+        matches part of the name, ``entity_type`` the type (e.g. ``"person"``)."""
+        return self._send(_calls.entities(user_id, query, entity_type, limit))
+
+    def entity_memories(self, user_id: str, key: str, *,
+                        limit: int | None = None) -> EntityMemoriesResult:
+        """The user's memories that mention the entity ``key`` (``type:name``, as
+        ``entities`` gives it), most important first."""
+        return self._send(_calls.entity_memories(user_id, key, limit))
 
 
 class AsyncMemoryClient(_Retrying):
@@ -289,5 +315,20 @@ class AsyncMemoryClient(_Retrying):
 
     async def search(self, user_id: str, query: str, *, top_k: int | None = None,
                      metadata: Mapping[str, Any] | None = None,
-                     min_importance: int | None = None) -> SearchResult:
-        return await self._send(_calls.search(user_id, query, top_k, metadata, min_importance))
+                     min_importance: int | None = None, mode: SearchMode | None = None,
+                     expand: Expand | None = None) -> SearchResult:
+        return await self._send(_calls.search(user_id, query, top_k, metadata, min_importance,
+                                              mode, expand))
+
+    async def related(self, user_id: str, memory_id: MemoryId, *,
+                      limit: int | None = None) -> RelatedResult:
+        return await self._send(_calls.related(user_id, memory_id, limit))
+
+    async def entities(self, user_id: str, *, query: str | None = None,
+                       entity_type: str | None = None,
+                       limit: int | None = None) -> EntitiesResult:
+        return await self._send(_calls.entities(user_id, query, entity_type, limit))
+
+    async def entity_memories(self, user_id: str, key: str, *,
+                              limit: int | None = None) -> EntityMemoriesResult:
+        return await self._send(_calls.entity_memories(user_id, key, limit))

@@ -10,9 +10,11 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from memory_persistence_client.errors import ProtocolError
+
+ItemT = TypeVar("ItemT")
 
 
 def _obj(data: object, what: str) -> Mapping[str, Any]:
@@ -193,6 +195,26 @@ class BatchResult:
 
 
 @dataclass(frozen=True, kw_only=True)
+class GraphAnswer:
+    """How a read of the graph was answered: ``degraded`` when the graph was unavailable or
+    behind and the answer comes from the extractions cached in Postgres (``source``)."""
+
+    source: str
+    degraded: bool
+    reason: str | None = None
+
+    @classmethod
+    def from_json(cls, data: object) -> GraphAnswer:
+        body = _obj(data, "graph answer")
+        try:
+            reason = body.get("reason")
+            return cls(source=str(body["source"]), degraded=bool(body["degraded"]),
+                       reason=None if reason is None else str(reason))
+        except KeyError as exc:
+            raise ProtocolError(f"graph answer: missing {exc}") from None
+
+
+@dataclass(frozen=True, kw_only=True)
 class SearchResult:
     """Search hits, best first; iterable and sized like a list. ``pending_reembed`` counts the
     user's memories whose vectors are not the configured embedder's yet."""
@@ -201,7 +223,8 @@ class SearchResult:
     mode: str = "hybrid"
     embedder: str = ""
     pending_reembed: int = 0
-    graph: dict[str, Any] | None = None
+    graph: GraphAnswer | None = None
+    """With ``expand="graph"``: how the neighbours were found."""
 
     def __iter__(self) -> Iterator[SearchHit]:
         return iter(self.items)
@@ -220,7 +243,128 @@ class SearchResult:
                           for m in _list(body.get("items"), "search.items")],
                    mode=str(body.get("mode", "hybrid")), embedder=str(body.get("embedder", "")),
                    pending_reembed=int(body.get("pending_reembed", 0)),
-                   graph=dict(graph) if isinstance(graph, Mapping) else None)
+                   graph=None if graph is None else GraphAnswer.from_json(graph))
+
+
+def _answer(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a graph read's answer: ``degraded``, ``source``, ``reason``."""
+    answer = GraphAnswer.from_json(body)
+    return {"degraded": answer.degraded, "source": answer.source, "reason": answer.reason}
+
+
+@dataclass(frozen=True, kw_only=True)
+class RelatedItem:
+    """A memory related to another, and the entities the two share."""
+
+    memory: Memory
+    shared_entities: tuple[EntityRef, ...]
+
+    @classmethod
+    def from_json(cls, data: object) -> RelatedItem:
+        body = _obj(data, "related item")
+        return cls(memory=Memory.from_json(body.get("memory")),
+                   shared_entities=tuple(EntityRef.from_json(e) for e in _list(
+                       body.get("shared_entities"), "related.shared_entities")))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RelatedResult:
+    """Memories sharing entities with ``memory_id``, most shared first. ``degraded``: the graph
+    was down or behind (``graph_version`` < ``memory_version``, or None), and the answer comes
+    from Postgres."""
+
+    memory_id: uuid.UUID
+    memory_version: int
+    graph_version: int | None
+    items: list[RelatedItem]
+    degraded: bool
+    source: str
+    reason: str | None = None
+
+    def __iter__(self) -> Iterator[RelatedItem]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @classmethod
+    def from_json(cls, data: object) -> RelatedResult:
+        body = _obj(data, "related result")
+        try:
+            return cls(memory_id=uuid.UUID(str(body["memory_id"])),
+                       memory_version=int(body["memory_version"]),
+                       graph_version=_opt_int(body.get("graph_version")),
+                       items=[RelatedItem.from_json(i)
+                              for i in _list(body.get("items"), "related.items")],
+                       **_answer(body))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"related result: {exc}") from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EntityItem(EntityRef):
+    """An entity of the user and how many live memories mention it."""
+
+    mentions: int
+
+    @classmethod
+    def from_json(cls, data: object) -> EntityItem:
+        body = _obj(data, "entity")
+        try:
+            return cls(key=str(body["key"]), name=str(body["name"]), type=str(body["type"]),
+                       mentions=int(body["mentions"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"entity: {exc}") from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class _GraphList(Generic[ItemT]):
+    """A list read from the graph; ``in_transit`` counts the user's changes the graph has not
+    applied yet (``degraded`` answers come from Postgres then)."""
+
+    items: list[ItemT]
+    degraded: bool
+    source: str
+    reason: str | None = None
+    in_transit: int = 0
+
+    _what: ClassVar[str]
+
+    @staticmethod
+    def _item(data: object) -> Any:
+        """One item, read by the subclass's model."""
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[ItemT]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @classmethod
+    def from_json(cls, data: object) -> Self:
+        body = _obj(data, cls._what)
+        try:
+            return cls(items=[cls._item(i) for i in _list(body.get("items"), cls._what)],
+                       in_transit=int(body.get("in_transit", 0)), **_answer(body))
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(f"{cls._what}: {exc}") from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EntitiesResult(_GraphList[EntityItem]):
+    """The user's entities, most mentioned first."""
+
+    _what = "entities result"
+    _item = staticmethod(EntityItem.from_json)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EntityMemoriesResult(_GraphList[Memory]):
+    """The user's memories that mention one entity, most important first."""
+
+    _what = "entity memories"
+    _item = staticmethod(Memory.from_json)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -270,8 +414,15 @@ SCHEMA_COMPONENTS: dict[str, tuple[type[Any], frozenset[str]]] = {
     "SearchResult": (SearchResult, frozenset()),
     "Deleted": (Deleted, frozenset()),
     "BatchItem": (NewMemory, frozenset()),
+    "GraphAnswer": (GraphAnswer, frozenset()),
+    "RelatedItem": (RelatedItem, frozenset()),
+    "RelatedResult": (RelatedResult, frozenset()),
+    "EntityItem": (EntityItem, frozenset()),
+    "EntitiesResult": (EntitiesResult, frozenset()),
+    "EntityMemoriesResult": (EntityMemoriesResult, frozenset()),
 }
 
-__all__ = ["BatchResult", "Deleted", "Entity", "EntityRef", "Memory", "NewMemory", "Page",
-           "ScoredMemory", "SearchHit",
-           "SearchResult", "StoredMemory"]
+__all__ = ["BatchResult", "Deleted", "EntitiesResult", "Entity", "EntityItem",
+           "EntityMemoriesResult", "EntityRef", "GraphAnswer", "Memory", "NewMemory", "Page",
+           "RelatedItem", "RelatedResult", "ScoredMemory", "SearchHit", "SearchResult",
+           "StoredMemory"]
