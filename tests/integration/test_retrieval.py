@@ -258,6 +258,10 @@ def test_the_routes_search_relate_and_list_entities(
     assert roadmap not in [m["id"] for m in bobs.json()["items"]]
     assert client.get("/api/entities/not-a-key/memories",
                       params={"user_id": "alice"}).status_code == 422
+    # A name with a slash, URL-encoded as the clients send it, reaches the route.
+    slashed = client.get("/api/entities/organization:ac%2Fdc/memories",
+                         params={"user_id": "alice"})
+    assert slashed.status_code == 200 and slashed.json()["items"] == [], slashed.text
 
 
 def test_a_tenant_bound_key_cannot_read_another_namespaces_graph(

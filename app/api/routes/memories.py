@@ -257,7 +257,9 @@ def list_entities(
                                               limit=limit))
 
 
-@router.get("/entities/{key}/memories", response_model=EntityMemoriesResult,
+# `{key:path}`: the server decodes %2F before routing, so a name with a slash ("AC/DC") must
+# still reach this route rather than answer 404.
+@router.get("/entities/{key:path}/memories", response_model=EntityMemoriesResult,
             summary="Memories that mention an entity")
 def entity_memories(
     key: Annotated[str, Path(max_length=300, description=(
