@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 EventType = Literal["upsert", "delete", "resync"]
+HistoryEvent = Literal["created", "updated", "deleted"]
 
 # Bounds of the API's pages (the bounds of inputs live in app.validation and settings).
 MAX_PAGE = 500
@@ -66,6 +67,31 @@ class Extraction(BaseModel):
 
     entities: list[Entity] = Field(default_factory=list)
     relations: list[Relation] = Field(default_factory=list)
+
+
+class HistoryEntry(BaseModel):
+    """One version of a memory: what it held, who made it and when (a delete holds nothing)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    memory_id: uuid.UUID
+    user_id: str
+    version: int
+    event: HistoryEvent
+    content: str | None
+    metadata: dict[str, Any] | None
+    importance: int | None
+    actor: str | None = Field(description=(
+        "Who made the change: the API key's id (never the key), the actor a library caller "
+        "named, or null."))
+    changed_at: datetime
+    truncated: bool = False
+
+
+class HistoryPage(BaseModel):
+    items: list[HistoryEntry] = Field(description="Newest version first.")
+    next_before_version: int | None = Field(default=None, description=(
+        "Pass as before_version for the next (older) page; null on the last."))
 
 
 class Page(BaseModel):

@@ -341,13 +341,8 @@ class Outbox:
 
     def prune_done(self, limit: int = 5000) -> int:
         """Delete done rows older than OUTBOX_RETENTION_HOURS, in bounded batches."""
-        total = 0
-        while True:
-            n = self.db.execute("prune_done_outbox", {
-                "age_seconds": self.settings.outbox_retention_hours * 3600, "limit": limit})
-            total += n
-            if n < limit:
-                return total
+        return self.db.execute_in_batches("prune_done_outbox", {
+            "age_seconds": self.settings.outbox_retention_hours * 3600}, limit)
 
     # -- dead letters -----------------------------------------------------------------------
 

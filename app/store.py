@@ -1,7 +1,8 @@
 """The memory service: the one place memory writes happen.
 
-Each change commits together with its outbox event in one Postgres transaction; nothing here
-talks to Neo4j or Redis, so writes succeed while either is down (DESIGN invariant 1).
+Each change commits together with its outbox event and its history entry (the memory's audit
+trail) in one Postgres transaction; nothing here talks to Neo4j or Redis, so writes succeed
+while either is down (DESIGN invariant 1).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from app.domain import (
     MAX_PAGE,
     Entity,
     EventType,
+    HistoryEntry,
+    HistoryEvent,
+    HistoryPage,
     Memory,
     Page,
     content_hash,
@@ -35,7 +39,7 @@ from app.settings import Settings
 from app.validation import check_int64, check_metadata, check_text, check_user_id
 
 log = logging.getLogger(__name__)
-
+MAX_ACTOR_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,30 @@ def to_memory(m: Row, settings: Settings) -> Memory:
         importance=m["importance"], version=m["version"], created_at=m["created_at"],
         updated_at=m["updated_at"], entities=_entities(m["entities"]), truncated=truncated,
     )
+
+
+def to_history_entry(h: Row, settings: Settings) -> HistoryEntry:
+    """A history row within the API's bounds (a backfilled row may hold an odd memory's
+    content or metadata, bounded as ``to_memory`` bounds them)."""
+    content, metadata = h["content"], h["metadata"]
+    truncated = content is not None and len(content) > settings.max_content_chars
+    if truncated:
+        content = content[:settings.max_content_chars]
+    if metadata is not None:
+        try:
+            check_metadata(metadata, settings.metadata_limits)
+        except ValidationError:
+            metadata = _INVALID_METADATA
+    return HistoryEntry(memory_id=h["memory_id"], user_id=h["user_id"], version=h["version"],
+                        event=h["event"], content=content, metadata=metadata,
+                        importance=h["importance"], actor=h["actor"],
+                        changed_at=h["changed_at"], truncated=truncated)
+
+
+def _check_actor(actor: object) -> str | None:
+    if actor is None:
+        return None
+    return check_text(actor, "actor", max_chars=MAX_ACTOR_CHARS)
 
 
 def _entities(extracted: object) -> list[Entity] | None:
@@ -183,8 +211,8 @@ class MemoryService:
 
     def store(self, user_id: str, content: str, metadata: dict[str, Any] | None = None,
               importance: int = 5, idempotency_key: str | None = None, *,
-              idempotency_scope: str = "", conn: Connection | None = None
-              ) -> tuple[Memory, bool]:
+              idempotency_scope: str = "", conn: Connection | None = None,
+              actor: str | None = None) -> tuple[Memory, bool]:
         """Store a memory; returns it and whether it was created (False: an idempotent replay).
 
         An Idempotency-Key is remembered per ``idempotency_scope`` (the API key that sent it)
@@ -194,14 +222,19 @@ class MemoryService:
         With ``conn`` (a SQLAlchemy connection inside the caller's own transaction) the memory
         and its outbox event join that transaction: they commit with the caller's own rows, or
         roll back with them.
+
+        ``actor`` names who made the change in the memory's history (the HTTP API gives its
+        API key's id); None leaves it unnamed.
         """
         memories, created = self._store(user_id, [NewMemory(content, metadata, importance)],
-                                        idempotency_key, idempotency_scope, conn, batch=False)
+                                        idempotency_key, idempotency_scope, conn, actor,
+                                        batch=False)
         return memories[0], created
 
     def store_many(self, user_id: str, items: Sequence[NewMemory],
                    idempotency_key: str | None = None, *, idempotency_scope: str = "",
-                   conn: Connection | None = None) -> tuple[list[Memory], bool]:
+                   conn: Connection | None = None,
+                   actor: str | None = None) -> tuple[list[Memory], bool]:
         """Store several memories in one transaction, all or none (embedded in one batch).
 
         A bad item raises ValidationError naming it (``items.<index>.<field>``) and stores
@@ -213,12 +246,13 @@ class MemoryService:
             raise ValidationError(f"items: at most {self.settings.max_batch_items} per batch",
                                   "items")
         return self._store(user_id, list(items), idempotency_key, idempotency_scope, conn,
-                           batch=True)
+                           actor, batch=True)
 
     def _store(self, user_id: str, items: list[NewMemory], idempotency_key: str | None,
-               idempotency_scope: str, conn: Connection | None, *, batch: bool
-               ) -> tuple[list[Memory], bool]:
+               idempotency_scope: str, conn: Connection | None, actor: str | None, *,
+               batch: bool) -> tuple[list[Memory], bool]:
         user_id = check_user_id(user_id)
+        actor = _check_actor(actor)
         checked = []
         for index, item in enumerate(items):
             try:
@@ -252,6 +286,7 @@ class MemoryService:
                     return self._replayed(tx, user_id, seen), False
             memories = [self._insert(tx, user_id, item, vector)
                         for item, vector in zip(checked, vectors, strict=True)]
+            self._record(tx, user_id, [m.id for m in memories], "created", actor)
             if idempotency_key is not None:
                 tx.execute("idempotency_put", {
                     **params, "request_hash": fingerprint, "memory_id": memories[0].id,
@@ -260,6 +295,12 @@ class MemoryService:
             log.info("memory stored", extra={"action": "memory.store", "user_id": user_id,
                                              "memory_id": str(memory.id)})
         return memories, True
+
+    def _record(self, tx: Tx, user_id: str, ids: Sequence[uuid.UUID], event: HistoryEvent,
+                actor: str | None) -> None:
+        """The history entries of a change, in its transaction: they commit (or not) with it."""
+        tx.execute("record_history", {"ids": [str(i) for i in ids], "user_id": user_id,
+                                       "event": event, "actor": actor})
 
     def _replayed(self, tx: Tx, user_id: str, seen: Row) -> list[Memory]:
         """What an Idempotency-Key created, as it is now; NotFound if any of it was deleted."""
@@ -279,10 +320,15 @@ class MemoryService:
 
     def update(self, user_id: str, memory_id: uuid.UUID | str, *, content: str | None = None,
                metadata: dict[str, Any] | None = None, importance: int | None = None,
-               expected_version: int | None = None, conn: Connection | None = None) -> Memory:
-        """Change content, metadata or importance; bumps the version and queues re-projection."""
+               expected_version: int | None = None, conn: Connection | None = None,
+               actor: str | None = None) -> Memory:
+        """Change content, metadata or importance; bumps the version and queues re-projection.
+
+        The new version joins the memory's history (by ``actor``) in the same transaction.
+        """
         user_id = check_user_id(user_id)
         mid = _check_id(memory_id)
+        actor = _check_actor(actor)
         if content is None and metadata is None and importance is None:
             raise ValidationError("nothing to update: give content, metadata or importance")
         vector = None
@@ -307,20 +353,24 @@ class MemoryService:
             if row is None:
                 raise self._missing_or_conflict(tx, user_id, mid, expected_version)
             memory = self._memory(row)
+            self._record(tx, user_id, [mid], "updated", actor)
             self._emit(tx, mid, user_id, memory.version, "upsert")
         log.info("memory updated", extra={"action": "memory.update", "memory_id": str(mid),
                                           "user_id": user_id, "version": memory.version})
         return memory
 
     def delete(self, user_id: str, memory_id: uuid.UUID | str, *,
-               expected_version: int | None = None, conn: Connection | None = None) -> int:
+               expected_version: int | None = None, conn: Connection | None = None,
+               actor: str | None = None) -> int:
         """Tombstone a memory and queue its removal from the graph; returns the new version.
 
         The graph side always removes the memory's MENTIONS and relationships and every entity
-        nothing mentions any more (DESIGN: no orphans).
+        nothing mentions any more (DESIGN: no orphans). The delete is the last entry of the
+        memory's history (by ``actor``), written in the same transaction.
         """
         user_id = check_user_id(user_id)
         mid = _check_id(memory_id)
+        actor = _check_actor(actor)
         if expected_version is not None:
             check_int64(expected_version, "expected_version")
         with self.db.transaction(conn) as tx:
@@ -329,6 +379,7 @@ class MemoryService:
             if row is None:
                 raise self._missing_or_conflict(tx, user_id, mid, expected_version)
             version = int(row["version"])
+            self._record(tx, user_id, [mid], "deleted", actor)
             self._emit(tx, mid, user_id, version, "delete")
         log.info("memory deleted", extra={"action": "memory.delete", "memory_id": str(mid),
                                           "user_id": user_id, "version": version})
@@ -336,13 +387,16 @@ class MemoryService:
 
     def prune_idempotency_keys(self, limit: int = 5000) -> int:
         """Forget Idempotency-Keys older than IDEMPOTENCY_RETENTION_HOURS, in bounded batches."""
-        total = 0
-        while True:
-            n = self.db.execute("prune_idempotency_keys", {
-                "age_seconds": self.settings.idempotency_retention_hours * 3600, "limit": limit})
-            total += n
-            if n < limit:
-                return total
+        return self.db.execute_in_batches("prune_idempotency_keys", {
+            "age_seconds": self.settings.idempotency_retention_hours * 3600}, limit)
+
+    def prune_history(self, limit: int = 5000) -> int:
+        """Forget history entries older than HISTORY_RETENTION_DAYS (0: keep them all), in
+        bounded batches; a memory's latest entry is always kept."""
+        if self.settings.history_retention_days <= 0:
+            return 0
+        return self.db.execute_in_batches("prune_history", {
+            "age_seconds": self.settings.history_retention_days * 86400}, limit)
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -353,6 +407,26 @@ class MemoryService:
         if row is None:
             raise NotFound("memory not found")
         return self._memory(row)
+
+    def history(self, user_id: str, memory_id: uuid.UUID | str, *, limit: int = 50,
+                before_version: int | None = None) -> HistoryPage:
+        """A page of a memory's versions, newest first, deleted memories' too (until
+        HISTORY_RETENTION_DAYS forgets them); another user's memory is NotFound."""
+        user_id = check_user_id(user_id)
+        mid = _check_id(memory_id)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+            raise ValidationError(f"limit must be from 1 to {MAX_PAGE}", "limit")
+        if before_version is not None:
+            check_int64(before_version, "before_version")
+        params = {"memory_id": mid, "user_id": user_id}
+        rows = self.db.all("memory_history", {**params, "before_version": before_version,
+                                              "limit": limit + 1})
+        if not rows and (before_version is None
+                         or self.db.one("memory_history_exists", params) is None):
+            raise NotFound("memory not found")
+        items = [to_history_entry(r, self.settings) for r in rows[:limit]]
+        return HistoryPage(items=items,
+                           next_before_version=items[-1].version if len(rows) > limit else None)
 
     def list(self, user_id: str, *, limit: int = 50, cursor: str | None = None,
              metadata: dict[str, Any] | None = None, min_importance: int = 1) -> Page:

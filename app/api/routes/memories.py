@@ -37,7 +37,7 @@ from app.api.schemas import (
     UpdateRequest,
     UserId,
 )
-from app.domain import MAX_PAGE, Memory, Page
+from app.domain import MAX_PAGE, HistoryPage, Memory, Page
 from app.errors import ValidationError
 from app.keys import Principal
 from app.store import NewMemory
@@ -100,7 +100,8 @@ def _store(memories: MemoryServiceDep, principal: Principal, response: Response,
            key: str | None) -> Memory:
     principal.authorize(user_id)
     memory, created = memories.store(user_id, content, metadata, importance,
-                                     idempotency_key=key, idempotency_scope=principal.key_id)
+                                     idempotency_key=key, idempotency_scope=principal.key_id,
+                                     actor=principal.key_id)
     if not created:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
@@ -131,7 +132,7 @@ def store_batch(body: BatchStoreRequest, response: Response, memories: MemorySer
     principal.authorize(body.user_id)
     stored, created = memories.store_many(
         body.user_id, [NewMemory(i.content, i.metadata, i.importance) for i in body.items],
-        idempotency_key, idempotency_scope=principal.key_id)
+        idempotency_key, idempotency_scope=principal.key_id, actor=principal.key_id)
     if not created:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
@@ -158,6 +159,22 @@ def get_memory(memory_id: uuid.UUID, user_id: UserQuery, response: Response,
     memory = memories.get(user_id, memory_id)
     _etag(response, memory.version)
     return memory
+
+
+@router.get("/memories/{memory_id}/history", response_model=HistoryPage,
+            summary="A memory's history", responses=NOT_FOUND)
+def memory_history(
+    memory_id: uuid.UUID, user_id: UserQuery, memories: MemoryServiceDep,
+    principal: ServicePrincipal,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = 50,
+    before_version: Annotated[int | None, Query(ge=1, le=MAX_BIGINT, description=(
+        "`next_before_version` of the previous page."))] = None,
+) -> HistoryPage:
+    """Every kept version of this user's memory, newest first: content, metadata, importance,
+    the API key (its id) that made it and when; a delete is the last entry. Deleted memories
+    keep their history until HISTORY_RETENTION_DAYS forgets it (never the latest entry)."""
+    principal.authorize(user_id)
+    return memories.history(user_id, memory_id, limit=limit, before_version=before_version)
 
 
 @router.get("/memories", response_model=Page, summary="List memories")
@@ -193,7 +210,8 @@ def update_memory(memory_id: uuid.UUID, body: UpdateRequest, response: Response,
     memory = memories.update(
         body.user_id, memory_id, content=body.content, metadata=body.metadata,
         importance=body.importance,
-        expected_version=_expected_version(if_match, body.expected_version))
+        expected_version=_expected_version(if_match, body.expected_version),
+        actor=principal.key_id)
     _etag(response, memory.version)
     return memory
 
@@ -215,7 +233,8 @@ def delete_memory(
     """Delete a memory; the graph drops it (and entities left unmentioned) asynchronously."""
     principal.authorize(user_id)
     version = memories.delete(user_id, memory_id,
-                              expected_version=_expected_version(if_match, expected_version))
+                              expected_version=_expected_version(if_match, expected_version),
+                              actor=principal.key_id)
     return Deleted(id=memory_id, version=version)
 
 
