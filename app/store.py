@@ -7,12 +7,15 @@ while either is down (DESIGN invariant 1).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
 import logging
+import math
+import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,6 +24,7 @@ from sqlalchemy import Connection
 
 from app.db.connector import Database, Row, Tx
 from app.domain import (
+    MAX_GRAPH_WAIT_SECONDS,
     MAX_PAGE,
     Entity,
     EventType,
@@ -28,6 +32,7 @@ from app.domain import (
     HistoryEvent,
     HistoryPage,
     Memory,
+    MemoryWithGraph,
     Page,
     content_hash,
     request_hash,
@@ -134,6 +139,25 @@ def _check_actor(actor: object) -> str | None:
     return check_text(actor, "actor", max_chars=MAX_ACTOR_CHARS)
 
 
+def check_graph_wait(seconds: object) -> float:
+    """A wait for the graph in seconds, from 0 to MAX_GRAPH_WAIT_SECONDS."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) \
+            or not math.isfinite(seconds) or not 0 <= seconds <= MAX_GRAPH_WAIT_SECONDS:
+        raise ValidationError(f"wait_for_graph must be from 0 to {MAX_GRAPH_WAIT_SECONDS:g} "
+                              "seconds", "wait_for_graph")
+    return float(seconds)
+
+
+def _graph_polls(seconds: float) -> Iterator[float]:
+    """The pauses between reads while waiting for the graph: short at first (a projection
+    usually lands within a batch), then at most a quarter second, until ``seconds`` pass."""
+    deadline = time.monotonic() + seconds
+    delay = 0.02
+    while (left := deadline - time.monotonic()) > 0:
+        yield min(delay, left)
+        delay = min(delay * 2, 0.25)
+
+
 def _entities(extracted: object) -> list[Entity] | None:
     """The cached extraction's entities; a malformed cache reads as none found yet."""
     if not isinstance(extracted, dict):
@@ -144,6 +168,12 @@ def _entities(extracted: object) -> list[Entity] | None:
                 and isinstance(e.get("type"), str):
             out.append(Entity(name=e["name"], type=e["type"]))
     return out
+
+
+def _waited(memory: MemoryWithGraph) -> MemoryWithGraph:
+    """The memory after a wait for the graph, saying whether the wait timed out."""
+    graph = memory.graph.model_copy(update={"timed_out": not memory.graph.settled})
+    return memory.model_copy(update={"graph": graph})
 
 
 class MemoryService:
@@ -400,13 +430,53 @@ class MemoryService:
 
     # -- reads ----------------------------------------------------------------------------
 
-    def get(self, user_id: str, memory_id: uuid.UUID | str) -> Memory:
-        """One live memory; another user's memory is NotFound, like a missing one."""
+    def get(self, user_id: str, memory_id: uuid.UUID | str, *,
+            wait_for_graph: float = 0.0) -> MemoryWithGraph:
+        """One live memory with where its projection stands; another user's memory is
+        NotFound, like a missing one.
+
+        With ``wait_for_graph`` (seconds, at most MAX_GRAPH_WAIT_SECONDS) the read waits until
+        the current version is projected, failed or dead, or the time is up
+        (``graph.timed_out`` says which).
+        """
         user_id = check_user_id(user_id)
-        row = self.db.one("get_memory", {"id": _check_id(memory_id), "user_id": user_id})
-        if row is None:
-            raise NotFound("memory not found")
-        return self._memory(row)
+        mid = _check_id(memory_id)
+        wait = check_graph_wait(wait_for_graph)
+        memory = self._read(user_id, mid)
+        if not wait:
+            return memory
+        for pause in _graph_polls(wait):
+            if memory.graph.settled:
+                break
+            time.sleep(pause)
+            memory = self._read(user_id, mid)
+        return _waited(memory)
+
+    async def get_async(self, user_id: str, memory_id: uuid.UUID | str, *,
+                        wait_for_graph: float = 0.0) -> MemoryWithGraph:
+        """``get`` for an event loop: reads run in worker threads, and a wait for the graph
+        holds no thread between them."""
+        user_id = check_user_id(user_id)
+        mid = _check_id(memory_id)
+        wait = check_graph_wait(wait_for_graph)
+        memory = await asyncio.to_thread(self._read, user_id, mid)
+        if not wait:
+            return memory
+        for pause in _graph_polls(wait):
+            if memory.graph.settled:
+                break
+            await asyncio.sleep(pause)
+            memory = await asyncio.to_thread(self._read, user_id, mid)
+        return _waited(memory)
+
+    def _read(self, user_id: str, mid: uuid.UUID) -> MemoryWithGraph:
+        with self.db.transaction() as tx:
+            row = tx.one("get_memory", {"id": mid, "user_id": user_id})
+            if row is None:
+                raise NotFound("memory not found")
+            memory = self._memory(row)
+            graph = self.outbox.projection(tx, mid, user_id, memory.version)
+        return MemoryWithGraph(**dict(memory), graph=graph)
 
     def history(self, user_id: str, memory_id: uuid.UUID | str, *, limit: int = 50,
                 before_version: int | None = None) -> HistoryPage:

@@ -1,10 +1,12 @@
-"""Memory history (the audit trail).
+"""Memory history (the audit trail), and an index for a memory's projection status.
 
 - ``memory_history``: one entry per version of a memory (content, metadata, importance, who
   made it and when), written in the transaction of the change; a delete is a final entry
   without content. No foreign key to ``memories``: the trail outlives the tombstone's purge and
   is pruned by HISTORY_RETENTION_DAYS alone (never a memory's latest entry).
 - Existing memories get their current version as an entry (no actor: it is not known).
+- ``outbox_by_memory``: every outbox row of a memory by version, so a read can tell where its
+  projection stands (the open rows had a partial index; done and dead ones had none).
 
 Revision ID: 0007_history
 Revises: 0005
@@ -52,7 +54,9 @@ def upgrade(**kw: Any) -> None:
            CASE WHEN deleted_at IS NULL THEN importance END,
            NULL, COALESCE(deleted_at, updated_at)
     FROM memories""")
+    op.execute("CREATE INDEX outbox_by_memory ON outbox (memory_id, memory_version)")
 
 
 def downgrade(**kw: Any) -> None:
+    op.execute("DROP INDEX IF EXISTS outbox_by_memory")
     op.execute("DROP TABLE IF EXISTS memory_history")

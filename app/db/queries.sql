@@ -484,6 +484,23 @@ WHERE memory_id = :memory_id AND user_id = :user_id AND status IN ('pending', 'i
 ORDER BY id DESC
 LIMIT :limit;
 
+-- memory_delivery --
+-- Where one user's memory's delivery stands: its newest done row, then its unfinished rows
+-- (pending, in flight or dead), newest version first, with the time of each one's last failure.
+(SELECT memory_version, status, attempts, created_at, updated_at, done_at,
+        CAST(NULL AS timestamptz) AS failed_at
+ FROM outbox
+ WHERE memory_id = :memory_id AND user_id = :user_id AND status = 'done'
+ ORDER BY memory_version DESC
+ LIMIT 1)
+UNION ALL
+(SELECT memory_version, status, attempts, created_at, updated_at, done_at,
+        CAST(errors -> -1 ->> 'at' AS timestamptz) AS failed_at
+ FROM outbox
+ WHERE memory_id = :memory_id AND user_id = :user_id AND status <> 'done'
+ ORDER BY memory_version DESC
+ LIMIT :limit);
+
 -- outbox_done_since --
 -- Rows the workers finished in the last :seconds (throughput).
 SELECT count(*) FROM outbox

@@ -37,7 +37,7 @@ from app.api.schemas import (
     UpdateRequest,
     UserId,
 )
-from app.domain import MAX_PAGE, HistoryPage, Memory, Page
+from app.domain import MAX_GRAPH_WAIT_SECONDS, MAX_PAGE, HistoryPage, Memory, MemoryWithGraph, Page
 from app.errors import ValidationError
 from app.keys import Principal
 from app.store import NewMemory
@@ -150,13 +150,24 @@ def store_memory_legacy(body: LegacyStoreRequest, response: Response,
                   body.importance, idempotency_key)
 
 
-@router.get("/memories/{memory_id}", response_model=Memory, summary="Read a memory",
+# "5", "2.5" or "5s": seconds (MemoryService checks them against MAX_GRAPH_WAIT_SECONDS).
+_WAIT = r"^[0-9]{1,3}(\.[0-9]{1,3})?s?$"
+
+
+@router.get("/memories/{memory_id}", response_model=MemoryWithGraph, summary="Read a memory",
             responses={200: {"description": "The memory.", "headers": _ETAG}, **NOT_FOUND})
-def get_memory(memory_id: uuid.UUID, user_id: UserQuery, response: Response,
-               memories: MemoryServiceDep, principal: ServicePrincipal) -> Memory:
-    """One live memory of this user."""
+async def get_memory(
+    memory_id: uuid.UUID, user_id: UserQuery, response: Response,
+    memories: MemoryServiceDep, principal: ServicePrincipal,
+    wait_for_graph: Annotated[str | None, Query(pattern=_WAIT, description=(
+        f"Seconds (`5` or `5s`, at most {MAX_GRAPH_WAIT_SECONDS:g}) to wait until the current "
+        "version is projected into the graph (or failed, or dead) before answering; "
+        "`graph.timed_out` says whether the time ran out first."))] = None,
+) -> MemoryWithGraph:
+    """One live memory of this user, with where its projection into the graph stands."""
     principal.authorize(user_id)
-    memory = memories.get(user_id, memory_id)
+    wait = float(wait_for_graph.removesuffix("s")) if wait_for_graph is not None else 0.0
+    memory = await memories.get_async(user_id, memory_id, wait_for_graph=wait)
     _etag(response, memory.version)
     return memory
 
