@@ -13,10 +13,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 EventType = Literal["upsert", "delete", "resync"]
+ProjectionStatus = Literal["pending", "projected", "failed", "dead"]
+HistoryEvent = Literal["created", "updated", "deleted"]
 
 # Bounds of the API's pages (the bounds of inputs live in app.validation and settings).
 MAX_PAGE = 500
 MAX_TOP_K = 100
+MAX_GRAPH_WAIT_SECONDS = 30.0  # the longest a read may wait for its memory's projection
 
 
 class Memory(BaseModel):
@@ -66,6 +69,64 @@ class Extraction(BaseModel):
 
     entities: list[Entity] = Field(default_factory=list)
     relations: list[Relation] = Field(default_factory=list)
+
+
+class GraphProjection(BaseModel):
+    """Where a memory's projection into the graph stands, as the outbox in Postgres knows it.
+
+    ``pending``: a change waits for (or is in) delivery; ``failed``: a delivery attempt failed
+    and a retry is scheduled; ``dead``: the current version ran out of attempts (a dead letter
+    an admin can replay); ``projected``: the graph has the current version.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    status: ProjectionStatus
+    projected_version: int | None = Field(description=(
+        "The newest version the workers finished (the graph has it); null: none yet."))
+    since: datetime | None = Field(description=(
+        "When the status began: the oldest waiting change (pending), the last failure "
+        "(failed), the dead end (dead), the projection (projected; null once the delivery "
+        "record was pruned)."))
+    timed_out: bool | None = Field(default=None, description=(
+        "Only with wait_for_graph: true when the wait ended before the current version was "
+        "projected, failed or dead."))
+
+    @property
+    def settled(self) -> bool:
+        """Whether waiting longer is pointless: projected, failed or dead."""
+        return self.status != "pending"
+
+
+class MemoryWithGraph(Memory):
+    """A memory as a read returns it: with where its projection into the graph stands."""
+
+    graph: GraphProjection
+
+
+class HistoryEntry(BaseModel):
+    """One version of a memory: what it held, who made it and when (a delete holds nothing)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    memory_id: uuid.UUID
+    user_id: str
+    version: int
+    event: HistoryEvent
+    content: str | None
+    metadata: dict[str, Any] | None
+    importance: int | None
+    actor: str | None = Field(description=(
+        "Who made the change: the API key's id (never the key), the actor a library caller "
+        "named, or null."))
+    changed_at: datetime
+    truncated: bool = False
+
+
+class HistoryPage(BaseModel):
+    items: list[HistoryEntry] = Field(description="Newest version first.")
+    next_before_version: int | None = Field(default=None, description=(
+        "Pass as before_version for the next (older) page; null on the last."))
 
 
 class Page(BaseModel):

@@ -37,7 +37,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from app.db.connector import Database, Listener, Tx
-from app.domain import MAX_PAGE, EventType, MemoryState
+from app.domain import MAX_PAGE, EventType, GraphProjection, MemoryState
 from app.errors import AlreadyResolved, DeadLetterNotFound, ValidationError
 from app.retry import backoff_delay
 from app.settings import Settings
@@ -341,13 +341,8 @@ class Outbox:
 
     def prune_done(self, limit: int = 5000) -> int:
         """Delete done rows older than OUTBOX_RETENTION_HOURS, in bounded batches."""
-        total = 0
-        while True:
-            n = self.db.execute("prune_done_outbox", {
-                "age_seconds": self.settings.outbox_retention_hours * 3600, "limit": limit})
-            total += n
-            if n < limit:
-                return total
+        return self.db.execute_in_batches("prune_done_outbox", {
+            "age_seconds": self.settings.outbox_retention_hours * 3600}, limit)
 
     # -- dead letters -----------------------------------------------------------------------
 
@@ -441,6 +436,41 @@ class Outbox:
         """One user's memory's rows still pending or in flight, newest first."""
         return [_json_row(r) for r in self.db.all("memory_in_transit", {
             "memory_id": memory_id, "user_id": user_id, "limit": limit})]
+
+    def projection(self, tx: Tx, memory_id: uuid.UUID, user_id: str,
+                   version: int) -> GraphProjection:
+        """Where the projection of one user's memory, now at ``version``, stands.
+
+        Derived from the memory's outbox rows alone. Every version of a memory had one row,
+        and rows disappear only once done (pruned after OUTBOX_RETENTION_HOURS), so a version
+        without an unfinished row was projected even when its done row is gone. A memory
+        with no open row is projected, or dead when its current version is dead.
+        """
+        rows = tx.all("memory_delivery", {"memory_id": memory_id, "user_id": user_id,
+                                          "limit": 1000})
+        done = [r for r in rows if r["status"] == "done"]
+        unfinished = [r for r in rows if r["status"] != "done"]
+        waiting = [r for r in unfinished if r["status"] in ("pending", "in_flight")]
+        undone_versions = {int(r["memory_version"]) for r in unfinished}
+        newest_done = int(done[0]["memory_version"]) if done else 0
+        # The newest version with no unfinished row: done, and maybe pruned since.
+        inferred = next((v for v in range(version, 0, -1) if v not in undone_versions), 0)
+        projected = max(newest_done, inferred) or None
+        if waiting:
+            failing = [r for r in waiting if r["attempts"] > 0]
+            if failing:
+                return GraphProjection(status="failed", projected_version=projected,
+                                       since=max(r["failed_at"] or r["updated_at"]
+                                                 for r in failing))
+            return GraphProjection(status="pending", projected_version=projected,
+                                   since=min(r["created_at"] for r in waiting))
+        if projected is not None and projected >= version:
+            since = done[0]["done_at"] if newest_done >= version else None
+            return GraphProjection(status="projected", projected_version=projected,
+                                   since=since)
+        dead = [r for r in unfinished if r["status"] == "dead"]
+        return GraphProjection(status="dead", projected_version=projected,
+                               since=max((r["updated_at"] for r in dead), default=None))
 
     # -- numbers ----------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """The scheduler: periodic upkeep. Several may run; only the holder of an advisory lock acts.
 
 Tasks: reclaim expired leases, prune done outbox rows past retention, forget tombstones nothing
-waits for any more, and run the consistency check.
+waits for any more, forget memory history past retention, and run the consistency check.
 """
 
 from __future__ import annotations
@@ -108,6 +108,7 @@ def default_tasks(settings: Settings, outbox: Outbox, consistency: Consistency,
         Task("prune_outbox", 3600.0, outbox.prune_done),
         Task("prune_tombstones", 3600.0, consistency.prune_tombstones),
         Task("prune_idempotency_keys", 3600.0, memories.prune_idempotency_keys),
+        Task("prune_history", 3600.0, memories.prune_history),
     ]
     if reembedder is not None and settings.reembed_per_minute > 0:
         tasks.append(Task("reembed", 60.0, lambda: _reembed(reembedder,

@@ -136,6 +136,8 @@ class Settings(BaseSettings):
     reclaim_interval_seconds: float = Field(15.0, gt=0)
     outbox_retention_hours: float = Field(168.0, ge=0)
     tombstone_retention_hours: float = Field(24.0, ge=0)
+    # Memory history entries older than this are forgotten (never a memory's latest); 0: kept.
+    history_retention_days: float = Field(0.0, ge=0)
 
     # Backup and restore: the folder of pg_dump and pg_restore (the Postgres client of the
     # server's major version or newer); empty: found on PATH.

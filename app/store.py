@@ -1,17 +1,21 @@
 """The memory service: the one place memory writes happen.
 
-Each change commits together with its outbox event in one Postgres transaction; nothing here
-talks to Neo4j or Redis, so writes succeed while either is down (DESIGN invariant 1).
+Each change commits together with its outbox event and its history entry (the memory's audit
+trail) in one Postgres transaction; nothing here talks to Neo4j or Redis, so writes succeed
+while either is down (DESIGN invariant 1).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
 import logging
+import math
+import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,10 +24,15 @@ from sqlalchemy import Connection
 
 from app.db.connector import Database, Row, Tx
 from app.domain import (
+    MAX_GRAPH_WAIT_SECONDS,
     MAX_PAGE,
     Entity,
     EventType,
+    HistoryEntry,
+    HistoryEvent,
+    HistoryPage,
     Memory,
+    MemoryWithGraph,
     Page,
     content_hash,
     request_hash,
@@ -35,7 +44,7 @@ from app.settings import Settings
 from app.validation import check_int64, check_metadata, check_text, check_user_id
 
 log = logging.getLogger(__name__)
-
+MAX_ACTOR_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -106,6 +115,49 @@ def to_memory(m: Row, settings: Settings) -> Memory:
     )
 
 
+def to_history_entry(h: Row, settings: Settings) -> HistoryEntry:
+    """A history row within the API's bounds (a backfilled row may hold an odd memory's
+    content or metadata, bounded as ``to_memory`` bounds them)."""
+    content, metadata = h["content"], h["metadata"]
+    truncated = content is not None and len(content) > settings.max_content_chars
+    if truncated:
+        content = content[:settings.max_content_chars]
+    if metadata is not None:
+        try:
+            check_metadata(metadata, settings.metadata_limits)
+        except ValidationError:
+            metadata = _INVALID_METADATA
+    return HistoryEntry(memory_id=h["memory_id"], user_id=h["user_id"], version=h["version"],
+                        event=h["event"], content=content, metadata=metadata,
+                        importance=h["importance"], actor=h["actor"],
+                        changed_at=h["changed_at"], truncated=truncated)
+
+
+def _check_actor(actor: object) -> str | None:
+    if actor is None:
+        return None
+    return check_text(actor, "actor", max_chars=MAX_ACTOR_CHARS)
+
+
+def check_graph_wait(seconds: object) -> float:
+    """A wait for the graph in seconds, from 0 to MAX_GRAPH_WAIT_SECONDS."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) \
+            or not math.isfinite(seconds) or not 0 <= seconds <= MAX_GRAPH_WAIT_SECONDS:
+        raise ValidationError(f"wait_for_graph must be from 0 to {MAX_GRAPH_WAIT_SECONDS:g} "
+                              "seconds", "wait_for_graph")
+    return float(seconds)
+
+
+def _graph_polls(seconds: float) -> Iterator[float]:
+    """The pauses between reads while waiting for the graph: short at first (a projection
+    usually lands within a batch), then at most a quarter second, until ``seconds`` pass."""
+    deadline = time.monotonic() + seconds
+    delay = 0.02
+    while (left := deadline - time.monotonic()) > 0:
+        yield min(delay, left)
+        delay = min(delay * 2, 0.25)
+
+
 def _entities(extracted: object) -> list[Entity] | None:
     """The cached extraction's entities; a malformed cache reads as none found yet."""
     if not isinstance(extracted, dict):
@@ -116,6 +168,12 @@ def _entities(extracted: object) -> list[Entity] | None:
                 and isinstance(e.get("type"), str):
             out.append(Entity(name=e["name"], type=e["type"]))
     return out
+
+
+def _waited(memory: MemoryWithGraph) -> MemoryWithGraph:
+    """The memory after a wait for the graph, saying whether the wait timed out."""
+    graph = memory.graph.model_copy(update={"timed_out": not memory.graph.settled})
+    return memory.model_copy(update={"graph": graph})
 
 
 class MemoryService:
@@ -183,8 +241,8 @@ class MemoryService:
 
     def store(self, user_id: str, content: str, metadata: dict[str, Any] | None = None,
               importance: int = 5, idempotency_key: str | None = None, *,
-              idempotency_scope: str = "", conn: Connection | None = None
-              ) -> tuple[Memory, bool]:
+              idempotency_scope: str = "", conn: Connection | None = None,
+              actor: str | None = None) -> tuple[Memory, bool]:
         """Store a memory; returns it and whether it was created (False: an idempotent replay).
 
         An Idempotency-Key is remembered per ``idempotency_scope`` (the API key that sent it)
@@ -194,14 +252,19 @@ class MemoryService:
         With ``conn`` (a SQLAlchemy connection inside the caller's own transaction) the memory
         and its outbox event join that transaction: they commit with the caller's own rows, or
         roll back with them.
+
+        ``actor`` names who made the change in the memory's history (the HTTP API gives its
+        API key's id); None leaves it unnamed.
         """
         memories, created = self._store(user_id, [NewMemory(content, metadata, importance)],
-                                        idempotency_key, idempotency_scope, conn, batch=False)
+                                        idempotency_key, idempotency_scope, conn, actor,
+                                        batch=False)
         return memories[0], created
 
     def store_many(self, user_id: str, items: Sequence[NewMemory],
                    idempotency_key: str | None = None, *, idempotency_scope: str = "",
-                   conn: Connection | None = None) -> tuple[list[Memory], bool]:
+                   conn: Connection | None = None,
+                   actor: str | None = None) -> tuple[list[Memory], bool]:
         """Store several memories in one transaction, all or none (embedded in one batch).
 
         A bad item raises ValidationError naming it (``items.<index>.<field>``) and stores
@@ -213,12 +276,13 @@ class MemoryService:
             raise ValidationError(f"items: at most {self.settings.max_batch_items} per batch",
                                   "items")
         return self._store(user_id, list(items), idempotency_key, idempotency_scope, conn,
-                           batch=True)
+                           actor, batch=True)
 
     def _store(self, user_id: str, items: list[NewMemory], idempotency_key: str | None,
-               idempotency_scope: str, conn: Connection | None, *, batch: bool
-               ) -> tuple[list[Memory], bool]:
+               idempotency_scope: str, conn: Connection | None, actor: str | None, *,
+               batch: bool) -> tuple[list[Memory], bool]:
         user_id = check_user_id(user_id)
+        actor = _check_actor(actor)
         checked = []
         for index, item in enumerate(items):
             try:
@@ -252,6 +316,7 @@ class MemoryService:
                     return self._replayed(tx, user_id, seen), False
             memories = [self._insert(tx, user_id, item, vector)
                         for item, vector in zip(checked, vectors, strict=True)]
+            self._record(tx, user_id, [m.id for m in memories], "created", actor)
             if idempotency_key is not None:
                 tx.execute("idempotency_put", {
                     **params, "request_hash": fingerprint, "memory_id": memories[0].id,
@@ -260,6 +325,12 @@ class MemoryService:
             log.info("memory stored", extra={"action": "memory.store", "user_id": user_id,
                                              "memory_id": str(memory.id)})
         return memories, True
+
+    def _record(self, tx: Tx, user_id: str, ids: Sequence[uuid.UUID], event: HistoryEvent,
+                actor: str | None) -> None:
+        """The history entries of a change, in its transaction: they commit (or not) with it."""
+        tx.execute("record_history", {"ids": [str(i) for i in ids], "user_id": user_id,
+                                       "event": event, "actor": actor})
 
     def _replayed(self, tx: Tx, user_id: str, seen: Row) -> list[Memory]:
         """What an Idempotency-Key created, as it is now; NotFound if any of it was deleted."""
@@ -279,10 +350,15 @@ class MemoryService:
 
     def update(self, user_id: str, memory_id: uuid.UUID | str, *, content: str | None = None,
                metadata: dict[str, Any] | None = None, importance: int | None = None,
-               expected_version: int | None = None, conn: Connection | None = None) -> Memory:
-        """Change content, metadata or importance; bumps the version and queues re-projection."""
+               expected_version: int | None = None, conn: Connection | None = None,
+               actor: str | None = None) -> Memory:
+        """Change content, metadata or importance; bumps the version and queues re-projection.
+
+        The new version joins the memory's history (by ``actor``) in the same transaction.
+        """
         user_id = check_user_id(user_id)
         mid = _check_id(memory_id)
+        actor = _check_actor(actor)
         if content is None and metadata is None and importance is None:
             raise ValidationError("nothing to update: give content, metadata or importance")
         vector = None
@@ -307,20 +383,24 @@ class MemoryService:
             if row is None:
                 raise self._missing_or_conflict(tx, user_id, mid, expected_version)
             memory = self._memory(row)
+            self._record(tx, user_id, [mid], "updated", actor)
             self._emit(tx, mid, user_id, memory.version, "upsert")
         log.info("memory updated", extra={"action": "memory.update", "memory_id": str(mid),
                                           "user_id": user_id, "version": memory.version})
         return memory
 
     def delete(self, user_id: str, memory_id: uuid.UUID | str, *,
-               expected_version: int | None = None, conn: Connection | None = None) -> int:
+               expected_version: int | None = None, conn: Connection | None = None,
+               actor: str | None = None) -> int:
         """Tombstone a memory and queue its removal from the graph; returns the new version.
 
         The graph side always removes the memory's MENTIONS and relationships and every entity
-        nothing mentions any more (DESIGN: no orphans).
+        nothing mentions any more (DESIGN: no orphans). The delete is the last entry of the
+        memory's history (by ``actor``), written in the same transaction.
         """
         user_id = check_user_id(user_id)
         mid = _check_id(memory_id)
+        actor = _check_actor(actor)
         if expected_version is not None:
             check_int64(expected_version, "expected_version")
         with self.db.transaction(conn) as tx:
@@ -329,6 +409,7 @@ class MemoryService:
             if row is None:
                 raise self._missing_or_conflict(tx, user_id, mid, expected_version)
             version = int(row["version"])
+            self._record(tx, user_id, [mid], "deleted", actor)
             self._emit(tx, mid, user_id, version, "delete")
         log.info("memory deleted", extra={"action": "memory.delete", "memory_id": str(mid),
                                           "user_id": user_id, "version": version})
@@ -336,23 +417,86 @@ class MemoryService:
 
     def prune_idempotency_keys(self, limit: int = 5000) -> int:
         """Forget Idempotency-Keys older than IDEMPOTENCY_RETENTION_HOURS, in bounded batches."""
-        total = 0
-        while True:
-            n = self.db.execute("prune_idempotency_keys", {
-                "age_seconds": self.settings.idempotency_retention_hours * 3600, "limit": limit})
-            total += n
-            if n < limit:
-                return total
+        return self.db.execute_in_batches("prune_idempotency_keys", {
+            "age_seconds": self.settings.idempotency_retention_hours * 3600}, limit)
+
+    def prune_history(self, limit: int = 5000) -> int:
+        """Forget history entries older than HISTORY_RETENTION_DAYS (0: keep them all), in
+        bounded batches; a memory's latest entry is always kept."""
+        if self.settings.history_retention_days <= 0:
+            return 0
+        return self.db.execute_in_batches("prune_history", {
+            "age_seconds": self.settings.history_retention_days * 86400}, limit)
 
     # -- reads ----------------------------------------------------------------------------
 
-    def get(self, user_id: str, memory_id: uuid.UUID | str) -> Memory:
-        """One live memory; another user's memory is NotFound, like a missing one."""
+    def get(self, user_id: str, memory_id: uuid.UUID | str, *,
+            wait_for_graph: float = 0.0) -> MemoryWithGraph:
+        """One live memory with where its projection stands; another user's memory is
+        NotFound, like a missing one.
+
+        With ``wait_for_graph`` (seconds, at most MAX_GRAPH_WAIT_SECONDS) the read waits until
+        the current version is projected, failed or dead, or the time is up
+        (``graph.timed_out`` says which).
+        """
         user_id = check_user_id(user_id)
-        row = self.db.one("get_memory", {"id": _check_id(memory_id), "user_id": user_id})
-        if row is None:
+        mid = _check_id(memory_id)
+        wait = check_graph_wait(wait_for_graph)
+        memory = self._read(user_id, mid)
+        if not wait:
+            return memory
+        for pause in _graph_polls(wait):
+            if memory.graph.settled:
+                break
+            time.sleep(pause)
+            memory = self._read(user_id, mid)
+        return _waited(memory)
+
+    async def get_async(self, user_id: str, memory_id: uuid.UUID | str, *,
+                        wait_for_graph: float = 0.0) -> MemoryWithGraph:
+        """``get`` for an event loop: reads run in worker threads, and a wait for the graph
+        holds no thread between them."""
+        user_id = check_user_id(user_id)
+        mid = _check_id(memory_id)
+        wait = check_graph_wait(wait_for_graph)
+        memory = await asyncio.to_thread(self._read, user_id, mid)
+        if not wait:
+            return memory
+        for pause in _graph_polls(wait):
+            if memory.graph.settled:
+                break
+            await asyncio.sleep(pause)
+            memory = await asyncio.to_thread(self._read, user_id, mid)
+        return _waited(memory)
+
+    def _read(self, user_id: str, mid: uuid.UUID) -> MemoryWithGraph:
+        with self.db.transaction() as tx:
+            row = tx.one("get_memory", {"id": mid, "user_id": user_id})
+            if row is None:
+                raise NotFound("memory not found")
+            memory = self._memory(row)
+            graph = self.outbox.projection(tx, mid, user_id, memory.version)
+        return MemoryWithGraph(**dict(memory), graph=graph)
+
+    def history(self, user_id: str, memory_id: uuid.UUID | str, *, limit: int = 50,
+                before_version: int | None = None) -> HistoryPage:
+        """A page of a memory's versions, newest first, deleted memories' too (until
+        HISTORY_RETENTION_DAYS forgets them); another user's memory is NotFound."""
+        user_id = check_user_id(user_id)
+        mid = _check_id(memory_id)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+            raise ValidationError(f"limit must be from 1 to {MAX_PAGE}", "limit")
+        if before_version is not None:
+            check_int64(before_version, "before_version")
+        params = {"memory_id": mid, "user_id": user_id}
+        rows = self.db.all("memory_history", {**params, "before_version": before_version,
+                                              "limit": limit + 1})
+        if not rows and (before_version is None
+                         or self.db.one("memory_history_exists", params) is None):
             raise NotFound("memory not found")
-        return self._memory(row)
+        items = [to_history_entry(r, self.settings) for r in rows[:limit]]
+        return HistoryPage(items=items,
+                           next_before_version=items[-1].version if len(rows) > limit else None)
 
     def list(self, user_id: str, *, limit: int = 50, cursor: str | None = None,
              metadata: dict[str, Any] | None = None, min_importance: int = 1) -> Page:

@@ -21,7 +21,7 @@ from sqlalchemy import text
 from app.db.connector import Database
 from app.domain import Extraction
 from app.embeddings import HashingEmbedder
-from app.errors import ExtractionError
+from app.errors import ExtractionError, ExtractionRetryable
 from app.extraction import RuleExtractor
 from app.graph.neo4j import Neo4jGraph
 from app.outbox import Outbox
@@ -153,7 +153,8 @@ def admin_key(settings: Settings) -> str:
 
 
 class PoisonExtractor:
-    """The rule extractor, except that content with POISON fails permanently while armed."""
+    """The rule extractor, except that while armed content with POISON fails permanently and
+    content with FLAKY fails in a way a retry may fix."""
 
     identity = "test-poison/1"
 
@@ -164,6 +165,8 @@ class PoisonExtractor:
     def extract(self, content: str) -> Extraction:
         if self.armed and "POISON" in content:
             raise ExtractionError("this content always fails")
+        if self.armed and "FLAKY" in content:
+            raise ExtractionRetryable("try again later")
         return self.rules.extract(content)
 
 

@@ -44,13 +44,14 @@ from app.console.web import (
     wants_fragment,
 )
 from app.domain import EventType
-from app.errors import ValidationError
+from app.errors import NotFound, ValidationError
 from app.outbox import DeadLetterFilter, DeadStatus, ReplaySelection
 from app.validation import check_text
 
 router = APIRouter(prefix="/admin", route_class=ConsoleRoute, include_in_schema=False)
 
 PAGE = 50
+HISTORY_PAGE = 20  # the newest versions on a memory's page
 EVENT_TYPES: tuple[EventType, ...] = ("upsert", "delete", "resync")
 STATUSES: dict[str, DeadStatus | None] = {"dead": "dead", "replayed": "replayed",
                                           "discarded": "discarded", "any": None}
@@ -483,12 +484,18 @@ def memory(request: Request, user: User, memory_id: str) -> Response:
     who = _text(request.query_params.get("user"), "user", 128)
     if who is None:
         raise ValidationError("user: whose memory (the user id) is required", "user")
-    view = services_of(request).admin.memory_view(who, memory_id)
+    services = services_of(request)
+    view = services.admin.memory_view(who, memory_id)
+    try:
+        history = services.memories.history(who, view.memory.id, limit=HISTORY_PAGE).items
+    except NotFound:  # a row written around the API has none
+        history = []
     around = view.neighbourhood
     picture = svg.entity_graph(around, view.memory.content) if around is not None else None
     names = ({e.key: f"{e.type}: {e.name}" for e in (*around.entities, *around.neighbours)}
              if around is not None else {})
     return render(request, "memory.html", {
         "user": user, "title": "Memory", "section": "memories", "view": view,
-        "m": view.memory, "picture": picture, "names": names})
+        "m": view.memory, "picture": picture, "names": names, "history": history,
+        "history_page": HISTORY_PAGE})
 

@@ -205,6 +205,16 @@ class Database:
         with self.transaction() as tx:
             return tx.execute(name, params)
 
+    def execute_in_batches(self, name: str, params: Params, limit: int) -> int:
+        """Run a bounded statement (``LIMIT :limit``) in its own transactions until it changes
+        fewer than ``limit`` rows; the total. For pruning without one long transaction."""
+        total = 0
+        while True:
+            n = self.execute(name, {**params, "limit": limit})
+            total += n
+            if n < limit:
+                return total
+
     def ping(self) -> None:
         self.scalar("ping")
 

@@ -65,6 +65,42 @@ WHERE id = :id AND user_id = :user_id AND deleted_at IS NULL
   AND (CAST(:expected_version AS bigint) IS NULL OR version = :expected_version)
 RETURNING id, user_id, version;
 
+-- record_history --
+-- The history entry of these memories' current versions, in the transaction of the change that
+-- made them; a delete's entry keeps no content (the earlier entries have it).
+INSERT INTO memory_history (memory_id, user_id, version, event, content, metadata, importance,
+                            actor, changed_at)
+SELECT id, user_id, version, CAST(:event AS text),
+       CASE WHEN CAST(:event AS text) <> 'deleted' THEN content END,
+       CASE WHEN CAST(:event AS text) <> 'deleted' THEN metadata END,
+       CASE WHEN CAST(:event AS text) <> 'deleted' THEN importance END,
+       CAST(:actor AS text), now()
+FROM memories
+WHERE id = ANY(CAST(:ids AS uuid[])) AND user_id = :user_id;
+
+-- memory_history --
+-- A page of one user's memory's history, newest version first (keyset on the version).
+SELECT memory_id, user_id, version, event, content, metadata, importance, actor, changed_at
+FROM memory_history
+WHERE memory_id = :memory_id AND user_id = :user_id
+  AND (CAST(:before_version AS bigint) IS NULL OR version < :before_version)
+ORDER BY version DESC
+LIMIT :limit;
+
+-- memory_history_exists --
+-- Whether one user's memory has any history (an empty page past the end is not a 404).
+SELECT 1 FROM memory_history WHERE memory_id = :memory_id AND user_id = :user_id LIMIT 1;
+
+-- prune_history --
+-- Forget a bounded batch of history entries past the retention age, never a memory's latest.
+DELETE FROM memory_history
+WHERE id IN (SELECT h.id FROM memory_history h
+             WHERE h.changed_at < now() - make_interval(secs => :age_seconds)
+               AND EXISTS (SELECT 1 FROM memory_history n
+                           WHERE n.memory_id = h.memory_id AND n.version > h.version)
+             ORDER BY h.changed_at
+             LIMIT :limit);
+
 -- list_memories --
 -- One page of a user's live memories, newest first, keyset-paginated on (created_at, id).
 SELECT id, user_id, content, metadata, importance, version, content_hash, entities, extractor,
@@ -447,6 +483,23 @@ FROM outbox
 WHERE memory_id = :memory_id AND user_id = :user_id AND status IN ('pending', 'in_flight')
 ORDER BY id DESC
 LIMIT :limit;
+
+-- memory_delivery --
+-- Where one user's memory's delivery stands: its newest done row, then its unfinished rows
+-- (pending, in flight or dead), newest version first, with the time of each one's last failure.
+(SELECT memory_version, status, attempts, created_at, updated_at, done_at,
+        CAST(NULL AS timestamptz) AS failed_at
+ FROM outbox
+ WHERE memory_id = :memory_id AND user_id = :user_id AND status = 'done'
+ ORDER BY memory_version DESC
+ LIMIT 1)
+UNION ALL
+(SELECT memory_version, status, attempts, created_at, updated_at, done_at,
+        CAST(errors -> -1 ->> 'at' AS timestamptz) AS failed_at
+ FROM outbox
+ WHERE memory_id = :memory_id AND user_id = :user_id AND status <> 'done'
+ ORDER BY memory_version DESC
+ LIMIT :limit);
 
 -- outbox_done_since --
 -- Rows the workers finished in the last :seconds (throughput).

@@ -289,6 +289,9 @@ def test_the_memory_page_shows_graph_status_and_the_entity_graph(
     lagging = admin.get(f"/admin/memories/{behind.id}?user=carol")
     assert 'id="graph-status-value">behind<' in lagging.text
     assert "outbox" in lagging.text  # its update waits in the outbox
+    trail = lagging.text[lagging.text.index('id="history"'):]
+    assert trail.count('class="history-entry"') == 2  # both versions, newest first
+    assert trail.index("about the Q3 budget") < trail.index("about the budget")
     assert admin.get(f"/admin/memories/{first.id}?user=alice").status_code == 404
     assert admin.get(f"/admin/memories/{uuid.uuid4()}?user=carol").status_code == 404
 

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
 import pytest
+from alembic.script import ScriptDirectory
 
 from app.db.connector import Database
-from app.db.migrations import downgrade, upgrade
+from app.db.migrations import alembic_config, downgrade, upgrade
 from app.errors import ConfigError
 from tests.conftest import TestServers
 
@@ -21,7 +24,7 @@ pytestmark = pytest.mark.servers
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = {"memories", "outbox", "dead_letters", "inconsistencies", "check_runs",
-          "idempotency_keys"}
+          "idempotency_keys", "memory_history"}
 _counter = itertools.count()
 
 
@@ -104,3 +107,40 @@ def test_an_unmigrated_database_is_refused(test_servers: TestServers, empty_db: 
             database.check_embedding_dimension()
     finally:
         database.dispose()
+
+
+def test_history_backfill_gives_each_memory_its_current_version(
+        test_servers: TestServers, empty_db: str) -> None:
+    settings = test_servers.settings(empty_db, superuser=True)
+    # The revision before the history's, wherever it is chained.
+    before = ScriptDirectory.from_config(alembic_config()).get_revision(
+        "0007_history").down_revision
+    assert isinstance(before, str)
+    upgrade(settings, before)
+    ids = []
+    with psycopg.connect(test_servers.admin_dsn(empty_db)) as conn:
+        for user, content, meta, importance, version, deleted in (
+                ("alice", "new", {"a": 1}, 3, 1, None),
+                ("alice", "edited", {}, 7, 4, None),
+                ("bob", "deleted", {"b": 2}, 5, 2, datetime(2026, 1, 2, tzinfo=UTC))):
+            row = conn.execute(
+                "INSERT INTO memories (user_id, content, content_hash, metadata, importance,"
+                " version, updated_at, deleted_at) VALUES (%s, %s, 'h', %s, %s, %s,"
+                " now() - interval '3 days', %s) RETURNING id",
+                (user, content, json.dumps(meta), importance, version, deleted)).fetchone()
+            assert row is not None
+            ids.append(row[0])
+    upgrade(settings)
+    with psycopg.connect(test_servers.admin_dsn(empty_db)) as conn:
+        entries = conn.execute(
+            "SELECT memory_id, user_id, version, event, content, metadata, importance, actor,"
+            " changed_at FROM memory_history ORDER BY version").fetchall()
+    assert [e[:8] for e in entries] == [
+        (ids[0], "alice", 1, "created", "new", {"a": 1}, 3, None),
+        (ids[2], "bob", 2, "deleted", None, None, None, None),
+        (ids[1], "alice", 4, "updated", "edited", {}, 7, None),
+    ]
+    assert entries[1][8] == datetime(2026, 1, 2, tzinfo=UTC)  # when it was deleted
+
+    downgrade(settings, before)
+    assert "memory_history" not in schema(test_servers, empty_db)[0]

@@ -34,7 +34,7 @@ from app.api.schemas import (
     related_result,
     search_result,
 )
-from app.domain import MAX_PAGE, Memory, Page
+from app.domain import MAX_GRAPH_WAIT_SECONDS, MAX_PAGE, HistoryPage, Memory, MemoryWithGraph, Page
 from app.errors import ValidationError
 from app.keys import Principal
 from app.store import NewMemory
@@ -97,7 +97,8 @@ def _store(memories: MemoryServiceDep, principal: Principal, response: Response,
            key: str | None) -> Memory:
     principal.authorize(user_id)
     memory, created = memories.store(user_id, content, metadata, importance,
-                                     idempotency_key=key, idempotency_scope=principal.key_id)
+                                     idempotency_key=key, idempotency_scope=principal.key_id,
+                                     actor=principal.key_id)
     if not created:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
@@ -128,7 +129,7 @@ def store_batch(body: BatchStoreRequest, response: Response, memories: MemorySer
     principal.authorize(body.user_id)
     stored, created = memories.store_many(
         body.user_id, [NewMemory(i.content, i.metadata, i.importance) for i in body.items],
-        idempotency_key, idempotency_scope=principal.key_id)
+        idempotency_key, idempotency_scope=principal.key_id, actor=principal.key_id)
     if not created:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
@@ -146,15 +147,42 @@ def store_memory_legacy(body: LegacyStoreRequest, response: Response,
                   body.importance, idempotency_key)
 
 
-@router.get("/memories/{memory_id}", response_model=Memory, summary="Read a memory",
+# "5", "2.5" or "5s": seconds (MemoryService checks them against MAX_GRAPH_WAIT_SECONDS).
+_WAIT = r"^[0-9]{1,3}(\.[0-9]{1,3})?s?$"
+
+
+@router.get("/memories/{memory_id}", response_model=MemoryWithGraph, summary="Read a memory",
             responses={200: {"description": "The memory.", "headers": _ETAG}, **NOT_FOUND})
-def get_memory(memory_id: uuid.UUID, user_id: UserQuery, response: Response,
-               memories: MemoryServiceDep, principal: ServicePrincipal) -> Memory:
-    """One live memory of this user."""
+async def get_memory(
+    memory_id: uuid.UUID, user_id: UserQuery, response: Response,
+    memories: MemoryServiceDep, principal: ServicePrincipal,
+    wait_for_graph: Annotated[str | None, Query(pattern=_WAIT, description=(
+        f"Seconds (`5` or `5s`, at most {MAX_GRAPH_WAIT_SECONDS:g}) to wait until the current "
+        "version is projected into the graph (or failed, or dead) before answering; "
+        "`graph.timed_out` says whether the time ran out first."))] = None,
+) -> MemoryWithGraph:
+    """One live memory of this user, with where its projection into the graph stands."""
     principal.authorize(user_id)
-    memory = memories.get(user_id, memory_id)
+    wait = float(wait_for_graph.removesuffix("s")) if wait_for_graph is not None else 0.0
+    memory = await memories.get_async(user_id, memory_id, wait_for_graph=wait)
     _etag(response, memory.version)
     return memory
+
+
+@router.get("/memories/{memory_id}/history", response_model=HistoryPage,
+            summary="A memory's history", responses=NOT_FOUND)
+def memory_history(
+    memory_id: uuid.UUID, user_id: UserQuery, memories: MemoryServiceDep,
+    principal: ServicePrincipal,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = 50,
+    before_version: Annotated[int | None, Query(ge=1, le=MAX_BIGINT, description=(
+        "`next_before_version` of the previous page."))] = None,
+) -> HistoryPage:
+    """Every kept version of this user's memory, newest first: content, metadata, importance,
+    the API key (its id) that made it and when; a delete is the last entry. Deleted memories
+    keep their history until HISTORY_RETENTION_DAYS forgets it (never the latest entry)."""
+    principal.authorize(user_id)
+    return memories.history(user_id, memory_id, limit=limit, before_version=before_version)
 
 
 @router.get("/memories", response_model=Page, summary="List memories")
@@ -190,7 +218,8 @@ def update_memory(memory_id: uuid.UUID, body: UpdateRequest, response: Response,
     memory = memories.update(
         body.user_id, memory_id, content=body.content, metadata=body.metadata,
         importance=body.importance,
-        expected_version=_expected_version(if_match, body.expected_version))
+        expected_version=_expected_version(if_match, body.expected_version),
+        actor=principal.key_id)
     _etag(response, memory.version)
     return memory
 
@@ -212,7 +241,8 @@ def delete_memory(
     """Delete a memory; the graph drops it (and entities left unmentioned) asynchronously."""
     principal.authorize(user_id)
     version = memories.delete(user_id, memory_id,
-                              expected_version=_expected_version(if_match, expected_version))
+                              expected_version=_expected_version(if_match, expected_version),
+                              actor=principal.key_id)
     return Deleted(id=memory_id, version=version)
 
 
