@@ -117,7 +117,7 @@ export interface paths {
         };
         /**
          * Read a memory
-         * @description One live memory of this user.
+         * @description One live memory of this user, with where its projection into the graph stands.
          */
         get: operations["get_memory_api_memories__memory_id__get"];
         put?: never;
@@ -134,6 +134,28 @@ export interface paths {
          * @description Change content, metadata or importance; bumps the version and queues re-projection.
          */
         patch: operations["update_memory_api_memories__memory_id__patch"];
+        trace?: never;
+    };
+    "/api/memories/{memory_id}/history": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A memory's history
+         * @description Every kept version of this user's memory, newest first: content, metadata, importance,
+         *     the API key (its id) that made it and when; a delete is the last entry. Deleted memories
+         *     keep their history until HISTORY_RETENTION_DAYS forgets it (never the latest entry).
+         */
+        get: operations["memory_history_api_memories__memory_id__history_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
         trace?: never;
     };
     "/api/memories/search": {
@@ -1078,6 +1100,36 @@ export interface components {
             /** Reason */
             reason?: string | null;
         };
+        /**
+         * GraphProjection
+         * @description Where a memory's projection into the graph stands, as the outbox in Postgres knows it.
+         *
+         *     ``pending``: a change waits for (or is in) delivery; ``failed``: a delivery attempt failed
+         *     and a retry is scheduled; ``dead``: the current version ran out of attempts (a dead letter
+         *     an admin can replay); ``projected``: the graph has the current version.
+         */
+        GraphProjection: {
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "pending" | "projected" | "failed" | "dead";
+            /**
+             * Projected Version
+             * @description The newest version the workers finished (the graph has it); null: none yet.
+             */
+            projected_version: number | null;
+            /**
+             * Since
+             * @description When the status began: the oldest waiting change (pending), the last failure (failed), the dead end (dead), the projection (projected; null once the delivery record was pruned).
+             */
+            since: string | null;
+            /**
+             * Timed Out
+             * @description Only with wait_for_graph: true when the wait ended before the current version was projected, failed or dead.
+             */
+            timed_out?: boolean | null;
+        };
         /** Health */
         Health: {
             /**
@@ -1123,6 +1175,62 @@ export interface components {
             breakers?: {
                 [key: string]: components["schemas"]["BreakerReport"];
             };
+        };
+        /**
+         * HistoryEntry
+         * @description One version of a memory: what it held, who made it and when (a delete holds nothing).
+         */
+        HistoryEntry: {
+            /**
+             * Memory Id
+             * Format: uuid
+             */
+            memory_id: string;
+            /** User Id */
+            user_id: string;
+            /** Version */
+            version: number;
+            /**
+             * Event
+             * @enum {string}
+             */
+            event: "created" | "updated" | "deleted";
+            /** Content */
+            content: string | null;
+            /** Metadata */
+            metadata: {
+                [key: string]: unknown;
+            } | null;
+            /** Importance */
+            importance: number | null;
+            /**
+             * Actor
+             * @description Who made the change: the API key's id (never the key), the actor a library caller named, or null.
+             */
+            actor: string | null;
+            /**
+             * Changed At
+             * Format: date-time
+             */
+            changed_at: string;
+            /**
+             * Truncated
+             * @default false
+             */
+            truncated?: boolean;
+        };
+        /** HistoryPage */
+        HistoryPage: {
+            /**
+             * Items
+             * @description Newest version first.
+             */
+            items: components["schemas"]["HistoryEntry"][];
+            /**
+             * Next Before Version
+             * @description Pass as before_version for the next (older) page; null on the last.
+             */
+            next_before_version?: number | null;
         };
         /**
          * LegacyStoreRequest
@@ -1207,6 +1315,51 @@ export interface components {
             awaiting_extraction: number;
             /** Users */
             users: number;
+        };
+        /**
+         * MemoryWithGraph
+         * @description A memory as a read returns it: with where its projection into the graph stands.
+         */
+        MemoryWithGraph: {
+            /**
+             * Id
+             * Format: uuid
+             */
+            id: string;
+            /** User Id */
+            user_id: string;
+            /** Content */
+            content: string;
+            /** Metadata */
+            metadata: {
+                [key: string]: unknown;
+            };
+            /** Importance */
+            importance: number;
+            /** Version */
+            version: number;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Updated At
+             * Format: date-time
+             */
+            updated_at: string;
+            /**
+             * Entities
+             * @description Entities found by the extractor, once a worker has run.
+             */
+            entities?: components["schemas"]["Entity"][] | null;
+            /**
+             * Truncated
+             * @description The stored content was longer than MAX_CONTENT_CHARS and is cut here (only rows written around the API).
+             * @default false
+             */
+            truncated?: boolean;
+            graph: components["schemas"]["GraphProjection"];
         };
         /**
          * OutboxStats
@@ -2187,6 +2340,8 @@ export interface operations {
             query: {
                 /** @description The memory's owner. */
                 user_id: string;
+                /** @description Seconds (`5` or `5s`, at most 30) to wait until the current version is projected into the graph (or failed, or dead) before answering; `graph.timed_out` says whether the time ran out first. */
+                wait_for_graph?: string | null;
             };
             header?: never;
             path: {
@@ -2204,7 +2359,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Memory"];
+                    "application/json": components["schemas"]["MemoryWithGraph"];
                 };
             };
             /** @description Missing or unknown API key */
@@ -2434,6 +2589,98 @@ export interface operations {
             };
             /** @description Stale version; the body carries `current_version` */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is larger than MAX_BODY_BYTES */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input; `field` names it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key is over its rate; wait `Retry-After` seconds */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Postgres (or the embedding backend) is unavailable; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    memory_history_api_memories__memory_id__history_get: {
+        parameters: {
+            query: {
+                /** @description The memory's owner. */
+                user_id: string;
+                /** @description Page size. */
+                limit?: number;
+                /** @description `next_before_version` of the previous page. */
+                before_version?: number | null;
+            };
+            header?: never;
+            path: {
+                memory_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HistoryPage"];
+                };
+            };
+            /** @description Missing or unknown API key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's scope (or namespace) does not allow this request */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such memory for this user */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
