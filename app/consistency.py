@@ -512,11 +512,16 @@ class Consistency:
         """Forget deleted memories past retention that no delivery waits for any more.
 
         The graph's tombstone goes first, then the Postgres row: a crash between the two
-        leaves a row whose next pruning removes it; never a live fence removed early.
+        leaves a row whose next pruning removes it; never a live fence removed early. The
+        purged memories' history entries lose their content in the same transaction.
         """
         rows = self.db.all("prunable_tombstones", {
             "age_seconds": self.settings.tombstone_retention_hours * 3600, "limit": limit})
         if not rows:
             return 0
         self.graph.prune_tombstones([str(r["id"]) for r in rows])
-        return self.db.execute("purge_memories", {"ids": [r["id"] for r in rows]})
+        ids = [r["id"] for r in rows]
+        with self.db.transaction() as tx:
+            purged = tx.execute("purge_memories", {"ids": ids})
+            tx.execute("forget_purged_history", {"ids": ids})
+        return purged

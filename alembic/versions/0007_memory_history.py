@@ -39,7 +39,8 @@ def upgrade(**kw: Any) -> None:
         actor       text CHECK (length(actor) <= 200),
         changed_at  timestamptz NOT NULL DEFAULT now(),
         UNIQUE (memory_id, version),
-        CHECK ((event = 'deleted') = (content IS NULL))
+        -- A delete keeps no content; other entries lose theirs when the memory is purged.
+        CHECK (event <> 'deleted' OR content IS NULL)
     )""")
     op.execute("CREATE INDEX memory_history_changed ON memory_history (changed_at)")
     # The backfill: each memory's current version, as it is now.

@@ -337,6 +337,13 @@ WHERE m.id = ANY(:ids) AND m.deleted_at IS NOT NULL
   AND NOT EXISTS (SELECT 1 FROM outbox o
                   WHERE o.memory_id = m.id AND o.status IN ('pending', 'in_flight', 'dead'));
 
+-- forget_purged_history --
+-- A purged memory's history keeps its skeleton (versions, events, actors, times) but forgets
+-- what it said: deleting a memory must not leave its text readable forever in the audit trail.
+UPDATE memory_history h SET content = NULL, metadata = NULL, importance = NULL
+WHERE h.memory_id = ANY(:ids) AND h.content IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM memories m WHERE m.id = h.memory_id);
+
 -- queue_resync --
 -- Repair through the normal path: an outbox event for each memory at its current version.
 INSERT INTO outbox (memory_id, user_id, memory_version, event_type)

@@ -64,6 +64,14 @@ def test_tombstones_are_forgotten_once_nothing_waits_for_them(
     assert left == {recent.id, waiting.id}
     records, _, _ = neo4j_driver.execute_query("MATCH (m:Memory) RETURN m.id AS id")
     assert {r["id"] for r in records} == {str(recent.id), str(waiting.id)}
+    # The purged memory's history forgets its text; the others' history is untouched.
+    with db.engine.begin() as conn:
+        history = conn.execute(text("SELECT memory_id, event, content FROM memory_history "
+                                    "ORDER BY memory_id, version")).all()
+    assert [(r.event, r.content) for r in history if r.memory_id == old.id] == [
+        ("created", None), ("deleted", None)]
+    assert ("created", "Recent note about Kyle Reese") in [
+        (r.event, r.content) for r in history if r.memory_id == recent.id]
 
 
 def test_only_one_scheduler_acts(settings: Settings, db: Database) -> None:
