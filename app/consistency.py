@@ -210,7 +210,7 @@ class Consistency:
             report.rebuild = self.rebuild(user, reextract=request.reextract, progress=progress)
         elif op == "repair":
             report.repair = self.repair(user_id=user, limit=request.limit,
-                                        dry_run=request.dry_run)
+                                        dry_run=request.dry_run, progress=progress)
         elif op == "check":
             report.check = self.check(user, limit=request.limit, store=not request.dry_run,
                                       progress=progress)
@@ -371,7 +371,8 @@ class Consistency:
     # -- repair ---------------------------------------------------------------------------
 
     def repair(self, findings: list[Finding] | None = None, *, user_id: str | None = None,
-               limit: int | None = None, dry_run: bool = False) -> RepairReport:
+               limit: int | None = None, dry_run: bool = False,
+               progress: Progress | None = None) -> RepairReport:
         """Fix findings: queue outbox events for memories Postgres has, remove graph orphans.
 
         With no ``findings`` given, repairs the stored open inconsistencies. Graph-only
@@ -423,7 +424,14 @@ class Consistency:
             report.removed_memories = self.graph.remove_memories(sorted(never_had))
         if orphans:
             report.removed_entities = self.graph.remove_orphan_entities(sorted(orphans))
-        report.queued = self.outbox.queue_resync(sorted(resync))
+        ordered = sorted(resync)
+        if progress:
+            progress("repair", 0, len(ordered))
+        for at in range(0, len(ordered), self.page_size):
+            page = ordered[at:at + self.page_size]
+            report.queued += self.outbox.queue_resync(page)
+            if progress:
+                progress("repair", len(page), len(ordered))
         fixed = [f.fingerprint for f in findings
                  if f.kind == "orphan_entity"
                  or (f.kind == "orphan_memory" and (f.memory_id or "") in never_had)]
@@ -437,7 +445,7 @@ class Consistency:
              ) -> tuple[CheckReport, RepairReport]:
         """Check, then repair what the check found."""
         report = self.check(user_id, limit=limit, store=not dry_run, progress=progress)
-        return report, self.repair(report.findings, dry_run=dry_run)
+        return report, self.repair(report.findings, dry_run=dry_run, progress=progress)
 
     # -- rebuild --------------------------------------------------------------------------
 

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import typer
 
-from app.cli import backup, operator, processes
+from app.cli import backup, jobs, operator, processes
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="memctl: the operator's command line.")
 processes.register(app)
 operator.register(app)
 backup.register(app)
+jobs.register(app)
 
 
 def _development_commands(cli: typer.Typer) -> None:
