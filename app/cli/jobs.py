@@ -115,8 +115,8 @@ def follow(jobs: Jobs, job_id: int, show_progress: bool) -> Job:
 def submit_and_follow(parts: Services, request: Any, actor: str, as_json: bool) -> None:
     """``memctl sync … --background``: submit, follow with a progress bar, print the report."""
     job = parts.jobs.submit(request, actor)
-    err_console.print(f"submitted job {job.id}; Ctrl-C stops following (the job goes on)")
     try:
+        err_console.print(f"submitted job {job.id}; Ctrl-C stops following (the job goes on)")
         job = follow(parts.jobs, job.id, not as_json)
     except KeyboardInterrupt:
         err_console.print(f"stopped following job {job.id}; it goes on: "
