@@ -20,14 +20,14 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
 from app.db.connector import Database, Row
 from app.domain import Extraction, MemoryState
-from app.errors import Busy, ValidationError
+from app.errors import Busy, MemoryPersistenceError, ValidationError
 from app.extraction import Extractor
 from app.graph.base import GraphStore, MemoryProjection
 from app.outbox import Outbox
@@ -290,14 +290,26 @@ class Consistency:
                progress: Progress | None) -> CheckReport:
         started = time.monotonic()
         report = CheckReport()
-        total = self.total(user_id, limit) if progress else None
         run_id, since = None, None
         if store:
             row = self.db.one("check_run_start", {"scope": user_id or "all"})
             assert row is not None
             run_id, since = int(row["id"]), row["started_at"]
             report.run_id = run_id
+        try:
+            return self._walk(user_id, limit, store, progress, report, started, since)
+        except BaseException:
+            # Stopped part-way (a cancelled job, an outage): the run found nothing it could
+            # vouch for, so it is not listed as a check that never ends.
+            if run_id is not None:
+                with suppress(MemoryPersistenceError):  # Postgres may be what failed
+                    self.db.execute("check_run_discard", {"id": run_id})
+            raise
 
+    def _walk(self, user_id: str | None, limit: int | None, store: bool,
+              progress: Progress | None, report: CheckReport, started: float,
+              since: datetime | None) -> CheckReport:
+        total = self.total(user_id, limit) if progress else None
         after = ZERO_UUID
         while True:
             size = self.page_size if limit is None else min(self.page_size,

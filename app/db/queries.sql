@@ -328,6 +328,10 @@ FROM memories m WHERE m.id = ANY(CAST(:ids AS uuid[]));
 -- Record the start of a consistency check.
 INSERT INTO check_runs (scope) VALUES (:scope) RETURNING id, started_at;
 
+-- check_run_discard --
+-- Forget a check that stopped part-way (cancelled, or its servers failed): it proved nothing.
+DELETE FROM check_runs WHERE id = :id AND finished_at IS NULL;
+
 -- check_run_finish --
 -- Record a check's totals.
 UPDATE check_runs SET finished_at = now(), checked = :checked, found = :found,

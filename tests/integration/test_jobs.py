@@ -242,6 +242,8 @@ def test_cancel_a_queued_job_at_once_and_a_running_one_at_its_next_page(
     assert ended["status"] == "cancelled" and ended["result"] is None
     assert ended["progress"]["done"] == 2 and ended["progress"]["total"] == 4
     assert jobs.claim("test-runner") is None  # nothing left to run
+    with db.engine.begin() as conn:  # the check stopped part-way is not left "running"
+        assert conn.execute(text("SELECT count(*) FROM check_runs")).scalar() == 0
 
 
 def _expire(db: Database, job_id: int) -> None:
