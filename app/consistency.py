@@ -20,14 +20,14 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
 from app.db.connector import Database, Row
 from app.domain import Extraction, MemoryState
-from app.errors import Busy, ValidationError
+from app.errors import Busy, MemoryPersistenceError, ValidationError
 from app.extraction import Extractor
 from app.graph.base import GraphStore, MemoryProjection
 from app.outbox import Outbox
@@ -210,7 +210,7 @@ class Consistency:
             report.rebuild = self.rebuild(user, reextract=request.reextract, progress=progress)
         elif op == "repair":
             report.repair = self.repair(user_id=user, limit=request.limit,
-                                        dry_run=request.dry_run)
+                                        dry_run=request.dry_run, progress=progress)
         elif op == "check":
             report.check = self.check(user, limit=request.limit, store=not request.dry_run,
                                       progress=progress)
@@ -290,14 +290,26 @@ class Consistency:
                progress: Progress | None) -> CheckReport:
         started = time.monotonic()
         report = CheckReport()
-        total = self.total(user_id, limit) if progress else None
         run_id, since = None, None
         if store:
             row = self.db.one("check_run_start", {"scope": user_id or "all"})
             assert row is not None
             run_id, since = int(row["id"]), row["started_at"]
             report.run_id = run_id
+        try:
+            return self._walk(user_id, limit, store, progress, report, started, since)
+        except BaseException:
+            # Stopped part-way (a cancelled job, an outage): the run found nothing it could
+            # vouch for, so it is not listed as a check that never ends.
+            if run_id is not None:
+                with suppress(MemoryPersistenceError):  # Postgres may be what failed
+                    self.db.execute("check_run_discard", {"id": run_id})
+            raise
 
+    def _walk(self, user_id: str | None, limit: int | None, store: bool,
+              progress: Progress | None, report: CheckReport, started: float,
+              since: datetime | None) -> CheckReport:
+        total = self.total(user_id, limit) if progress else None
         after = ZERO_UUID
         while True:
             size = self.page_size if limit is None else min(self.page_size,
@@ -371,7 +383,8 @@ class Consistency:
     # -- repair ---------------------------------------------------------------------------
 
     def repair(self, findings: list[Finding] | None = None, *, user_id: str | None = None,
-               limit: int | None = None, dry_run: bool = False) -> RepairReport:
+               limit: int | None = None, dry_run: bool = False,
+               progress: Progress | None = None) -> RepairReport:
         """Fix findings: queue outbox events for memories Postgres has, remove graph orphans.
 
         With no ``findings`` given, repairs the stored open inconsistencies. Graph-only
@@ -423,7 +436,14 @@ class Consistency:
             report.removed_memories = self.graph.remove_memories(sorted(never_had))
         if orphans:
             report.removed_entities = self.graph.remove_orphan_entities(sorted(orphans))
-        report.queued = self.outbox.queue_resync(sorted(resync))
+        ordered = sorted(resync)
+        if progress:
+            progress("repair", 0, len(ordered))
+        for at in range(0, len(ordered), self.page_size):
+            page = ordered[at:at + self.page_size]
+            report.queued += self.outbox.queue_resync(page)
+            if progress:
+                progress("repair", len(page), len(ordered))
         fixed = [f.fingerprint for f in findings
                  if f.kind == "orphan_entity"
                  or (f.kind == "orphan_memory" and (f.memory_id or "") in never_had)]
@@ -437,7 +457,7 @@ class Consistency:
              ) -> tuple[CheckReport, RepairReport]:
         """Check, then repair what the check found."""
         report = self.check(user_id, limit=limit, store=not dry_run, progress=progress)
-        return report, self.repair(report.findings, dry_run=dry_run)
+        return report, self.repair(report.findings, dry_run=dry_run, progress=progress)
 
     # -- rebuild --------------------------------------------------------------------------
 

@@ -16,10 +16,12 @@
     ├── Unauthorized              401 unauthorized: no key, or an unknown one
     ├── Forbidden                 403 forbidden: the key's scope does not allow it
     ├── NotFound                  404 not_found: no such memory for this user
-    │   └── DeadLetterNotFound    404 not_found: no such dead letter
+    │   ├── DeadLetterNotFound    404 not_found: no such dead letter
+│   └── JobNotFound           404 not_found: no such sync job
     ├── VersionConflict           409 version_conflict: the expected version is stale
     ├── Busy                      409 busy: a conflicting operation runs (a rebuild)
     ├── AlreadyResolved           409 already_resolved: a dead letter was replayed or discarded
+├── JobFinished               409 job_finished: a sync job ended already (cannot be cancelled)
     ├── PayloadTooLarge           413 payload_too_large: a body over MAX_BODY_BYTES
     ├── RateLimited               429 rate_limited: the key is over its rate (Retry-After)
     ├── StoreError                500: Postgres failed
@@ -133,6 +135,12 @@ class DeadLetterNotFound(NotFound):
     public: ClassVar[str | None] = "dead letter not found"
 
 
+class JobNotFound(NotFound):
+    """No sync job with this id."""
+
+    public: ClassVar[str | None] = "sync job not found"
+
+
 class VersionConflict(MemoryPersistenceError):
     """The caller's expected version is not the current one."""
 
@@ -159,6 +167,14 @@ class AlreadyResolved(MemoryPersistenceError):
 
     status = 409
     code = "already_resolved"
+    public: ClassVar[str | None] = None
+
+
+class JobFinished(MemoryPersistenceError):
+    """A sync job already ended (done, failed or cancelled): there is nothing to cancel."""
+
+    status = 409
+    code = "job_finished"
     public: ClassVar[str | None] = None
 
 

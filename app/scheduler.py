@@ -16,6 +16,7 @@ from app.breakers import Breakers
 from app.consistency import Consistency
 from app.db.connector import Database
 from app.errors import MemoryPersistenceError
+from app.jobs import Jobs
 from app.outbox import Outbox
 from app.reembed import Reembedder
 from app.settings import Settings
@@ -94,7 +95,8 @@ def _reembed(reembedder: Reembedder, limit: int) -> dict[str, object]:
 
 def default_tasks(settings: Settings, outbox: Outbox, consistency: Consistency,
                   memories: MemoryService, breakers: Breakers,
-                  reembedder: Reembedder | None = None, check: bool = True) -> list[Task]:
+                  reembedder: Reembedder | None = None, check: bool = True,
+                  jobs: Jobs | None = None) -> list[Task]:
     """Reclaim, pruning, background re-embedding and (with ``check``) the consistency check.
 
     Leases that run out while a breaker is open are blamed on the outage (no attempt).
@@ -110,6 +112,8 @@ def default_tasks(settings: Settings, outbox: Outbox, consistency: Consistency,
         Task("prune_idempotency_keys", 3600.0, memories.prune_idempotency_keys),
         Task("prune_history", 3600.0, memories.prune_history),
     ]
+    if jobs is not None:
+        tasks.append(Task("prune_jobs", 3600.0, jobs.prune))
     if reembedder is not None and settings.reembed_per_minute > 0:
         tasks.append(Task("reembed", 60.0, lambda: _reembed(reembedder,
                                                             settings.reembed_per_minute)))

@@ -139,6 +139,21 @@ class Settings(BaseSettings):
     # Memory history entries older than this are forgotten (never a memory's latest); 0: kept.
     history_retention_days: float = Field(0.0, ge=0)
 
+    # Background sync jobs (app/jobs.py): a runner's lease, renewed every third of it; how many
+    # runs a job gets before it fails; how often an idle runner looks for work (it is woken at
+    # once by a NOTIFY); the delay before a job a conflicting operation or an outage stopped runs
+    # again; whether `memctl scheduler` runs jobs too; how long finished jobs are kept; the
+    # largest check `POST /api/persistence/sync?wait=true` runs inside the request; and the page
+    # size of checks and rebuilds.
+    job_lease_seconds: float = Field(30.0, ge=1, le=3600)
+    job_max_attempts: int = Field(3, ge=1, le=100)
+    job_poll_seconds: float = Field(2.0, gt=0, le=300)
+    job_retry_seconds: float = Field(5.0, ge=0, le=3600)
+    scheduler_runs_jobs: bool = True
+    job_retention_hours: float = Field(24.0 * 30, ge=0)
+    sync_wait_max_memories: int = Field(10_000, ge=0, le=10_000_000)
+    sync_page_size: int = Field(2000, ge=1, le=100_000)
+
     # Backup and restore: the folder of pg_dump and pg_restore (the Postgres client of the
     # server's major version or newer); empty: found on PATH.
     pg_bin_dir: str = ""

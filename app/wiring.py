@@ -22,6 +22,7 @@ from app.embeddings import Embedder, make_embedder
 from app.extraction import Extractor, Probed, make_extractor
 from app.graph.base import GraphStore
 from app.graph.neo4j import Neo4jGraph
+from app.jobs import JobRunner, Jobs
 from app.keys import ApiKeys
 from app.outbox import Outbox
 from app.projector import Projector
@@ -113,7 +114,15 @@ class Services:
     def consistency(self) -> Consistency:
         # The extractor is only needed when a rebuild finds a stale cache: built on demand.
         return Consistency(self.settings, self.db, self.outbox, self.graph,
-                           _LazyExtractor(self))
+                           _LazyExtractor(self), page_size=self.settings.sync_page_size)
+
+    @cached_property
+    def jobs(self) -> Jobs:
+        return Jobs(self.settings, self.db)
+
+    def job_runner(self) -> JobRunner:
+        """Runs background sync jobs (``memctl scheduler``, ``memctl jobs work``)."""
+        return JobRunner(self.settings, self.jobs, lambda: self.consistency, self.db)
 
     @cached_property
     def projector(self) -> Projector:
@@ -135,7 +144,7 @@ class Services:
     def scheduler(self) -> Scheduler:
         return Scheduler(self.db, default_tasks(self.settings, self.outbox, self.consistency,
                                                 self.memories, self.breakers,
-                                                self.reembedder))
+                                                self.reembedder, jobs=self.jobs))
 
     def close(self) -> None:
         """Close what this object built (not what it was given)."""

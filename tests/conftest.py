@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -24,10 +25,12 @@ from app.embeddings import HashingEmbedder
 from app.errors import ExtractionError, ExtractionRetryable
 from app.extraction import RuleExtractor
 from app.graph.neo4j import Neo4jGraph
+from app.jobs import JobRunner
 from app.outbox import Outbox
 from app.projector import Projector
 from app.settings import Settings
 from app.store import MemoryService
+from app.wiring import build_services
 from devtools import harness
 from devtools.harness import Stack
 
@@ -178,3 +181,18 @@ def redis_client(test_servers: TestServers) -> Iterator[redis_lib.Redis]:
     yield client
     client.flushall()
     client.close()
+
+
+@pytest.fixture
+def job_runner(settings: Settings) -> Iterator[JobRunner]:
+    """A background sync job runner (as the scheduler process runs one) in a thread, on this
+    test's database, with its own services; stopped when the test ends."""
+    with build_services(settings, pool_size=4) as parts:
+        runner = parts.job_runner()
+        thread = threading.Thread(target=runner.run, daemon=True, name="test-job-runner")
+        thread.start()
+        try:
+            yield runner
+        finally:
+            runner.stop()
+            thread.join(30)

@@ -17,6 +17,7 @@ from app.admin import AdminService
 from app.api.guard import RequestGuard
 from app.consistency import Consistency
 from app.errors import Forbidden, Unauthorized
+from app.jobs import Jobs
 from app.keys import Principal
 from app.outbox import Outbox
 from app.retrieval import Retrieval
@@ -62,11 +63,17 @@ async def get_consistency(services: ServicesDep) -> Consistency:
     return services.consistency
 
 
+async def get_jobs(services: ServicesDep) -> Jobs:
+    """Background sync jobs: submit, read, cancel (a runner process executes them)."""
+    return services.jobs
+
+
 MemoryServiceDep = Annotated[MemoryService, Depends(get_memory_service)]
 RetrievalDep = Annotated[Retrieval, Depends(get_retrieval)]
 AdminServiceDep = Annotated[AdminService, Depends(get_admin_service)]
 OutboxDep = Annotated[Outbox, Depends(get_outbox)]
 ConsistencyDep = Annotated[Consistency, Depends(get_consistency)]
+JobsDep = Annotated[Jobs, Depends(get_jobs)]
 
 # auto_error=False: a missing key must answer in our error shape, not FastAPI's.
 _bearer = HTTPBearer(auto_error=False, scheme_name="ApiKey",

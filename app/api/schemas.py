@@ -554,6 +554,58 @@ class SyncResult(BaseModel):
         f"check/full: what the check found (the first {MAX_FINDINGS})."))
 
 
+class SyncJobParams(BaseModel):
+    user_id: str | None
+    limit: int | None
+    dry_run: bool
+    reextract: bool
+
+
+class SyncJobPhase(BaseModel):
+    name: str
+    done: int
+    total: int | None
+
+
+class SyncJobProgress(BaseModel):
+    phase: str | None = Field(description="The phase being run (memories, graph, repair, "
+                                          "rebuild).")
+    done: int = Field(description="Items of the current phase done.")
+    total: int | None = Field(description="The current phase's size, when known.")
+    percent: int | None
+    phases: list[SyncJobPhase] = Field(description="Every phase of this attempt so far.")
+
+
+class SyncJob(BaseModel):
+    """A background sync job: its state, progress, timings and (once done) its report."""
+
+    id: int
+    kind: Operation
+    status: Literal["queued", "running", "done", "failed", "cancelled"] = Field(description=(
+        "`queued`, `running` (a runner holds its lease), then `done`, `failed` or "
+        "`cancelled`."))
+    params: SyncJobParams
+    requested_by: str = Field(description="Which key asked for it (never the key itself).")
+    progress: SyncJobProgress
+    attempts: int = Field(description="Runs so far: a job whose runner died runs again.")
+    max_attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None = Field(description="The runner's last sign of life.")
+    seconds: float | None = Field(description="How long it has run (so far).")
+    cancel_requested_at: datetime | None
+    cancelled_by: str | None
+    error: str | None
+    result: SyncResult | None = Field(description="The report, once done.")
+
+
+class SyncJobList(BaseModel):
+    items: list[SyncJob]
+    next_before_id: int | None = Field(description=(
+        "Pass as `before_id` for the next (older) page; null on the last page."))
+
+
 
 
 # -- API keys ------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from app.cli import backup, mcp, operator, processes
+from app.cli import backup, jobs, mcp, operator, processes
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="memctl: the operator's command line.")
@@ -21,6 +21,7 @@ processes.register(app)
 operator.register(app)
 backup.register(app)
 mcp.register(app)
+jobs.register(app)
 
 
 def _development_commands(cli: typer.Typer) -> None:

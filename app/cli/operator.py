@@ -16,6 +16,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from app.cli.jobs import submit_and_follow
 from app.cli.output import (
     EXIT_INCONSISTENT,
     EXIT_UNREACHABLE,
@@ -43,6 +44,9 @@ keys_app = typer.Typer(no_args_is_help=True, help="API keys kept in Postgres: cr
 UserOpt = Annotated[str | None, typer.Option("--user", help="Only this user's memories.")]
 DryRunOpt = Annotated[bool, typer.Option(
     "--dry-run", help="Report only: store nothing and change nothing.")]
+BackgroundOpt = Annotated[bool, typer.Option(
+    "--background", help="Run it as a background job (the scheduler runs it) and follow it "
+                         "with a progress bar; Ctrl-C stops following, not the job.")]
 
 
 def _actor() -> str:
@@ -112,10 +116,15 @@ def _print_sync(report: SyncReport) -> None:
         _summary_table("rebuild", report.rebuild.summary())
 
 
-def _sync(request_args: dict[str, Any], as_json: bool) -> None:
-    """Run one consistency operation, show its report, exit with its code."""
+def _sync(request_args: dict[str, Any], as_json: bool, background: bool = False) -> None:
+    """Run one consistency operation, show its report, exit with its code.
+
+    With ``background``, submit it as a job a runner (the scheduler) runs, and follow it.
+    """
     with services() as parts:
         request = SyncRequest(**request_args)
+        if background:
+            submit_and_follow(parts, request, _actor(), as_json)
         with progress_bars(not as_json) as progress:
             report = parts.consistency.run(request, progress)
     if as_json:
@@ -130,28 +139,33 @@ def _sync(request_args: dict[str, Any], as_json: bool) -> None:
 def sync_check(user: UserOpt = None,
                limit: Annotated[int | None, typer.Option(
                    min=1, help="Compare at most this many memories.")] = None,
-               dry_run: DryRunOpt = False, as_json: JsonOpt = False) -> None:
+               dry_run: DryRunOpt = False, background: BackgroundOpt = False,
+               as_json: JsonOpt = False) -> None:
     """Compare the graph with Postgres and store the findings; exit 1 when there are any."""
-    _sync({"operation": "check", "user_id": user, "limit": limit, "dry_run": dry_run}, as_json)
+    _sync({"operation": "check", "user_id": user, "limit": limit, "dry_run": dry_run}, as_json,
+          background)
 
 
 @sync_app.command("repair")
 def sync_repair(user: UserOpt = None,
                 limit: Annotated[int | None, typer.Option(
                     min=1, help="Repair at most this many stored findings.")] = None,
-                dry_run: DryRunOpt = False, as_json: JsonOpt = False) -> None:
+                dry_run: DryRunOpt = False, background: BackgroundOpt = False,
+                as_json: JsonOpt = False) -> None:
     """Repair the stored open findings (re-project through the outbox, remove orphans)."""
     _sync({"operation": "repair", "user_id": user, "limit": limit, "dry_run": dry_run},
-          as_json)
+          as_json, background)
 
 
 @sync_app.command("full")
 def sync_full(user: UserOpt = None,
               limit: Annotated[int | None, typer.Option(
                   min=1, help="Compare at most this many memories.")] = None,
-              dry_run: DryRunOpt = False, as_json: JsonOpt = False) -> None:
+              dry_run: DryRunOpt = False, background: BackgroundOpt = False,
+              as_json: JsonOpt = False) -> None:
     """Check, then repair what the check found (exit 1 only on a dry run that found some)."""
-    _sync({"operation": "full", "user_id": user, "limit": limit, "dry_run": dry_run}, as_json)
+    _sync({"operation": "full", "user_id": user, "limit": limit, "dry_run": dry_run}, as_json,
+          background)
 
 
 @sync_app.command("rebuild")
@@ -159,9 +173,10 @@ def sync_rebuild(user: UserOpt = None,
                  reextract: Annotated[bool, typer.Option(
                      "--reextract", help="Run the extractor again instead of the cache.")
                  ] = False,
-                 as_json: JsonOpt = False) -> None:
+                 background: BackgroundOpt = False, as_json: JsonOpt = False) -> None:
     """Clear the graph (of one user or all) and re-project it from Postgres."""
-    _sync({"operation": "rebuild", "user_id": user, "reextract": reextract}, as_json)
+    _sync({"operation": "rebuild", "user_id": user, "reextract": reextract}, as_json,
+          background)
 
 
 # -- dead letters ----------------------------------------------------------------------------

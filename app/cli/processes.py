@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import Annotated, Protocol
@@ -98,9 +99,44 @@ def relay() -> None:
     _until_signalled(lambda parts: parts.relay())
 
 
+class _Together:
+    """Several loops in one process: the first on the main thread, the others in threads."""
+
+    def __init__(self, *loops: _Loop) -> None:
+        self.loops = loops
+
+    def run(self) -> None:
+        threads = [threading.Thread(target=loop.run, daemon=True, name=type(loop).__name__)
+                   for loop in self.loops[1:]]
+        for thread in threads:
+            thread.start()
+        try:
+            self.loops[0].run()
+        finally:
+            self.stop()
+            for thread in threads:
+                thread.join(30)
+
+    def stop(self) -> None:
+        for loop in self.loops:
+            loop.stop()
+
+
+def _scheduler(parts: Services) -> _Loop:
+    if not parts.settings.scheduler_runs_jobs:
+        return parts.scheduler()
+    return _Together(parts.scheduler(), parts.job_runner())
+
+
 def scheduler() -> None:
-    """Run the periodic upkeep (lease reclaim, pruning, consistency check) until SIGTERM."""
-    _until_signalled(lambda parts: parts.scheduler())
+    """Run the periodic upkeep (lease reclaim, pruning, consistency check) and the background
+    sync jobs (unless SCHEDULER_RUNS_JOBS=false) until SIGTERM."""
+    _until_signalled(_scheduler)
+
+
+def job_runner() -> None:
+    """Run background sync jobs only (a dedicated runner) until SIGTERM/SIGINT."""
+    _until_signalled(lambda parts: parts.job_runner())
 
 
 def register(app: typer.Typer) -> None:

@@ -4,8 +4,9 @@ Pages (``app/console/routes.py``) rendered on the server with Jinja2 templates, 
 and one small script (``static/``), all from this package: no CDN, no build step. Sign-in with an
 admin key makes a signed session cookie (``session.py``); the plumbing (headers, CSRF, error
 pages) is ``web.py``. Reads and actions go through the same services as ``memctl`` and the admin
-API. Two parts are interim and kept in the web process's memory: the lag history
-(``samples.py``) and consistency jobs (``jobs.py``).
+API. Consistency jobs are the background sync jobs of ``app.jobs`` (kept in Postgres, run by
+the scheduler), so every web process sees them; the lag history (``samples.py``) is interim and
+kept in the web process's memory.
 """
 
 from __future__ import annotations

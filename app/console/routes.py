@@ -25,7 +25,6 @@ from starlette.responses import Response
 
 from app.consistency import KINDS, OPERATIONS, SyncRequest
 from app.console import svg
-from app.console.jobs import SyncJobs
 from app.console.samples import WINDOW_SECONDS
 from app.console.session import LOGIN_COOKIE, SESSION_COOKIE
 from app.console.web import (
@@ -44,9 +43,10 @@ from app.console.web import (
     wants_fragment,
 )
 from app.domain import EventType
-from app.errors import NotFound, ValidationError
+from app.errors import JobNotFound, NotFound, ValidationError
+from app.jobs import Jobs
 from app.outbox import DeadLetterFilter, DeadStatus, ReplaySelection
-from app.validation import check_text
+from app.validation import MAX_BIGINT, check_text
 
 router = APIRouter(prefix="/admin", route_class=ConsoleRoute, include_in_schema=False)
 
@@ -121,11 +121,9 @@ def _uuid(value: str | None, field: str) -> uuid.UUID | None:
         raise ValidationError(f"{field}: not a memory id", field) from None
 
 
-def _jobs(request: Request) -> SyncJobs:
-    jobs = console_of(request).jobs
-    if jobs is None:  # pragma: no cover - the lifespan starts the console
-        raise RuntimeError("the console was not started")
-    return jobs
+def _jobs(request: Request) -> Jobs:
+    """The background sync jobs (in Postgres; the scheduler runs them)."""
+    return services_of(request).jobs
 
 
 def _confirm(request: Request, user: ConsoleUser, action: str, message: str,
@@ -397,7 +395,7 @@ def consistency(request: Request, user: User) -> Response:
     who = _text(request.query_params.get("user"), "user", 128)
     context: dict[str, Any] = {
         "user": user, "title": "Consistency", "section": "consistency",
-        "jobs": _jobs(request).recent(), "kinds": KINDS, "operations": OPERATIONS,
+        "jobs": _jobs(request).page(limit=20).items, "kinds": KINDS, "operations": OPERATIONS,
         "finding_user": who or ""}
     if not wants_fragment(request):
         runs = services.consistency.runs(20)
@@ -434,16 +432,29 @@ def start_job(request: Request, post: Post) -> Response:
                        f"Check {_plural(n, 'memory')} of {scope}, then repair what it finds?")
         return _confirm(request, post.user, "/admin/consistency/jobs", message, _fields(post),
                         "/admin/consistency")
-    job = _jobs(request).start(request_, post.user.actor)
+    job = _jobs(request).submit(request_, post.user.actor)
     return redirect(f"/admin/consistency/jobs/{job.id}")
+
+
+@router.post("/consistency/jobs/{job_id}/cancel")
+def cancel_job(request: Request, post: Post, job_id: int) -> Response:
+    if not 1 <= job_id <= MAX_BIGINT:
+        return error_page(request, 404, "not found", f"No job {job_id}.")
+    try:
+        _jobs(request).cancel(job_id, post.user.actor)
+    except JobNotFound:
+        return error_page(request, 404, "not found", f"No job {job_id}.")
+    return redirect(f"/admin/consistency/jobs/{job_id}")
 
 
 @router.get("/consistency/jobs/{job_id}")
 def job(request: Request, user: User, job_id: int) -> Response:
-    found = _jobs(request).get(job_id)
+    try:
+        found = _jobs(request).get(job_id) if 1 <= job_id <= MAX_BIGINT else None
+    except JobNotFound:
+        found = None
     if found is None:
-        return error_page(request, 404, "not found", f"No job {job_id} in this web process "
-                          "(jobs live in the process that started them).")
+        return error_page(request, 404, "not found", f"No job {job_id}.")
     context = {"user": user, "title": f"Job {job_id}", "section": "consistency", "job": found}
     if wants_fragment(request):
         return render(request, "_job.html", context)

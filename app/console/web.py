@@ -26,7 +26,6 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
-from app.console.jobs import SyncJobs
 from app.console.samples import OutboxSampler
 from app.console.session import SESSION_COOKIE, Expired, Session, Signer
 from app.errors import MemoryPersistenceError, ValidationError
@@ -47,7 +46,7 @@ MAX_FORM_FIELDS = 2000
 
 
 class Console:
-    """The console of one web process: its signer, and (once started) sampler and jobs."""
+    """The console of one web process: its signer, and (once started) its sampler."""
 
     def __init__(self, settings: Settings) -> None:
         secret = settings.console_session_secret.get_secret_value()
@@ -60,19 +59,15 @@ class Console:
         self.signer = Signer(secret.encode(), settings.console_session_seconds)
         self.templates = environment()
         self.sampler: OutboxSampler | None = None
-        self.jobs: SyncJobs | None = None
 
     def start(self, services: Services) -> None:
-        """Begin sampling the outbox; accept consistency jobs."""
+        """Begin sampling the outbox."""
         self.sampler = OutboxSampler(services.outbox, self.settings.console_sample_seconds)
         self.sampler.start()
-        self.jobs = SyncJobs(services.consistency.run)
 
     def stop(self) -> None:
         if self.sampler is not None:
             self.sampler.stop()
-        if self.jobs is not None:
-            self.jobs.wait(5.0)
 
 
 def _when(value: object) -> str:

@@ -371,6 +371,10 @@ FROM memories m WHERE m.id = ANY(CAST(:ids AS uuid[]));
 -- Record the start of a consistency check.
 INSERT INTO check_runs (scope) VALUES (:scope) RETURNING id, started_at;
 
+-- check_run_discard --
+-- Forget a check that stopped part-way (cancelled, or its servers failed): it proved nothing.
+DELETE FROM check_runs WHERE id = :id AND finished_at IS NULL;
+
 -- check_run_finish --
 -- Record a check's totals.
 UPDATE check_runs SET finished_at = now(), checked = :checked, found = :found,
@@ -808,3 +812,118 @@ SELECT to_regclass('memories_embedding_hnsw') IS NOT NULL;
 -- The HNSW cosine index over the vectors (again, after a dimension change).
 CREATE INDEX IF NOT EXISTS memories_embedding_hnsw ON memories
 USING hnsw (embedding vector_cosine_ops);
+
+-- == background sync jobs (app/jobs.py owns every transition) ==
+
+-- job_submit --
+-- A new job, queued; runners are woken by job_notify in the same transaction.
+INSERT INTO sync_jobs (kind, params, requested_by, max_attempts)
+VALUES (:kind, CAST(:params AS jsonb), :requested_by, :max_attempts)
+RETURNING *;
+
+-- job_notify --
+-- Wakes idle job runners; Postgres delivers it only if the transaction commits.
+SELECT pg_notify('memctl_sync_jobs', '');
+
+-- job_get --
+-- One job by id.
+SELECT * FROM sync_jobs WHERE id = :id;
+
+-- job_list --
+-- A page of jobs, newest first (keyset on id), optionally of one status.
+SELECT * FROM sync_jobs
+WHERE (CAST(:status AS text) IS NULL OR status = :status)
+  AND (CAST(:before_id AS bigint) IS NULL OR id < :before_id)
+ORDER BY id DESC
+LIMIT :limit;
+
+-- job_reap --
+-- Running jobs whose runner died (lease ran out) and that may not run again: failed after their
+-- last attempt, cancelled when a cancel was asked for.
+UPDATE sync_jobs
+SET status = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled' ELSE 'failed' END,
+    error = CASE WHEN cancel_requested_at IS NOT NULL THEN error
+                 ELSE 'the runner stopped (its lease ran out) on each of ' || attempts
+                      || ' attempts' END,
+    finished_at = now(), updated_at = now(), lease_expires_at = NULL, claim_token = NULL
+WHERE status = 'running' AND lease_expires_at < now()
+  AND (attempts >= max_attempts OR cancel_requested_at IS NOT NULL)
+RETURNING id, status, attempts;
+
+-- job_claim --
+-- Lease the oldest due job to this runner: a queued one, or a running one whose runner died
+-- (lease ran out) with attempts left. A new claim token fences the previous runner out.
+UPDATE sync_jobs
+SET status = 'running', runner = :runner, claim_token = CAST(:token AS uuid),
+    attempts = attempts + 1,
+    lease_expires_at = now() + make_interval(secs => :lease_seconds), heartbeat_at = now(),
+    started_at = coalesce(started_at, now()), attempt_started_at = now(),
+    phase = NULL, done = 0, total = NULL, phases = '[]', updated_at = now()
+WHERE id = (SELECT id FROM sync_jobs
+            WHERE (status = 'queued' AND not_before <= now())
+               OR (status = 'running' AND lease_expires_at < now()
+                   AND attempts < max_attempts AND cancel_requested_at IS NULL)
+            ORDER BY id
+            LIMIT 1
+            FOR UPDATE SKIP LOCKED)
+RETURNING *;
+
+-- job_heartbeat --
+-- The runner is alive: extend its lease. No row: the lease was lost (another runner took over,
+-- or the job ended). Says whether a cancel was asked for.
+UPDATE sync_jobs
+SET lease_expires_at = now() + make_interval(secs => :lease_seconds), heartbeat_at = now(),
+    updated_at = now()
+WHERE id = :id AND claim_token = CAST(:token AS uuid) AND status = 'running'
+RETURNING cancel_requested_at IS NOT NULL AS cancel_requested;
+
+-- job_progress --
+-- Where the runner is (phase, done of total, every phase so far); renews the lease as well.
+UPDATE sync_jobs
+SET phase = :phase, done = :done, total = :total, phases = CAST(:phases AS jsonb),
+    lease_expires_at = now() + make_interval(secs => :lease_seconds), heartbeat_at = now(),
+    updated_at = now()
+WHERE id = :id AND claim_token = CAST(:token AS uuid) AND status = 'running'
+RETURNING cancel_requested_at IS NOT NULL AS cancel_requested;
+
+-- job_finish --
+-- The runner's last word on its claim: done (with the report), failed (with the error) or
+-- cancelled. Fenced by the claim token: a runner that lost its lease changes nothing.
+UPDATE sync_jobs
+SET status = :status, result = CAST(:result AS jsonb), error = :error, finished_at = now(),
+    updated_at = now(), lease_expires_at = NULL, claim_token = NULL
+WHERE id = :id AND claim_token = CAST(:token AS uuid) AND status = 'running'
+RETURNING id;
+
+-- job_requeue --
+-- Back to queued, due after :delay_seconds (a conflicting operation or an outage); :refund gives
+-- back the attempt when the job itself was not to blame.
+UPDATE sync_jobs
+SET status = 'queued', not_before = now() + make_interval(secs => :delay_seconds),
+    attempts = greatest(attempts - :refund, 0), error = :error, runner = NULL,
+    claim_token = NULL, lease_expires_at = NULL, updated_at = now()
+WHERE id = :id AND claim_token = CAST(:token AS uuid) AND status = 'running'
+RETURNING id;
+
+-- job_cancel --
+-- Cancel a job: a queued one (or one whose runner died) ends at once; a running one is asked to
+-- stop and its runner ends it at its next page. Finished jobs are left alone (no row).
+UPDATE sync_jobs
+SET cancel_requested_at = coalesce(cancel_requested_at, now()),
+    cancelled_by = coalesce(cancelled_by, :actor),
+    status = CASE WHEN status = 'queued' OR lease_expires_at < now() THEN 'cancelled'
+                  ELSE status END,
+    finished_at = CASE WHEN status = 'queued' OR lease_expires_at < now() THEN now()
+                       ELSE finished_at END,
+    claim_token = CASE WHEN status = 'queued' OR lease_expires_at < now() THEN NULL
+                       ELSE claim_token END,
+    updated_at = now()
+WHERE id = :id AND status IN ('queued', 'running')
+RETURNING *;
+
+-- job_prune --
+-- Forget a bounded batch of finished jobs older than the retention age.
+DELETE FROM sync_jobs
+WHERE id IN (SELECT id FROM sync_jobs
+             WHERE finished_at < now() - make_interval(secs => :age_seconds)
+             LIMIT :limit);

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,16 +18,19 @@ from app.breakers import Breakers
 from app.db.connector import Database
 from app.errors import GraphUnavailable
 from app.graph.neo4j import Neo4jGraph
+from app.jobs import Jobs
 from app.outbox import Outbox
 from app.projector import Projector
 from app.settings import Settings
 from app.store import MemoryService
+from devtools.harness import ManagedProcess
 from devtools.localservers import free_port
-from tests.conftest import PoisonExtractor, drain
+from tests.conftest import PoisonExtractor, drain, wait_for
 
 pytestmark = pytest.mark.servers
 
 MEMCTL = [sys.executable, "-m", "app.cli"]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Memctl:
@@ -228,3 +232,53 @@ def test_graph_shows_what_neo4j_has_for_one_user(memctl: Memctl, service: Memory
     table = memctl("graph", "alice")
     assert table.returncode == 0 and "person: John" in table.stdout
     assert "Sarah" not in table.stdout
+
+
+def test_sync_in_the_background_follows_a_job_and_jobs_lists_shows_cancels(
+        memctl: Memctl, world: list[str], neo4j_driver: Driver, settings: Settings,
+        db: Database, tmp_path: Path) -> None:
+    runner = ManagedProcess("runner", [*MEMCTL, "jobs", "work"], memctl.env,
+                            tmp_path / "runner.log", cwd=REPO)
+    try:
+        neo4j_driver.execute_query("MATCH (m:Memory {id: $id}) DETACH DELETE m", id=world[0])
+        found = memctl.json("sync", "check", "--background", code=1)
+        assert found["id"] == 1 and found["kind"] == "check" and found["status"] == "done"
+        assert found["result"]["consistent"] is False
+        assert found["requested_by"].startswith("cli:")
+
+        human = memctl("sync", "full", "--background")
+        assert human.returncode == 0, human.stdout + human.stderr
+        assert "submitted job 2" in human.stderr and "job 2: full" in human.stdout
+        assert "done" in human.stdout and "queued" in human.stdout  # the repair's summary
+
+        listed = memctl.json("jobs", "list")
+        assert [j["id"] for j in listed["items"]] == [2, 1]
+        assert memctl.json("jobs", "show", "1")["result"]["check"]["found"] == 1
+        assert runner.terminate(20) == 0
+    finally:
+        runner.stop()
+
+    # No runner now: Ctrl-C stops following, and the job stays queued until cancelled.
+    jobs = Jobs(settings, db)
+    errors = tmp_path / "follower.err"
+    with errors.open("w") as stderr:
+        follower = subprocess.Popen([*MEMCTL, "sync", "rebuild", "--background"],
+                                    env=memctl.env, cwd=memctl.folder, stdout=subprocess.PIPE,
+                                    stderr=stderr, text=True)
+        try:
+            wait_for(lambda: "submitted job 3" in errors.read_text(), 60,
+                     "the rebuild job to be submitted and followed")
+            follower.send_signal(signal.SIGINT)
+            out, _ = follower.communicate(timeout=30)
+        finally:
+            if follower.poll() is None:
+                follower.kill()
+    err = errors.read_text()
+    assert follower.returncode == 130, out + err
+    assert "stopped following job 3; it goes on" in err
+    assert jobs.get(3).status == "queued"
+    cancelled = memctl("jobs", "cancel", "3")
+    assert cancelled.returncode == 0 and "job 3 cancelled" in cancelled.stdout
+    again = memctl("jobs", "cancel", "3")
+    assert again.returncode == 1 and "sync job 3 is cancelled already" in again.stderr
+    assert memctl("jobs", "show", "99").returncode == 2  # not found: the operator's to fix

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -256,9 +257,21 @@ def test_an_expired_session_is_refused_and_live_updates_stop(
     expect(page.locator(".flash.warn")).to_contain_text("session has expired")
 
 
+@pytest.fixture
+def job_runner_process(settings: Settings, tmp_path: Path) -> Iterator[ManagedProcess]:
+    """``memctl jobs work``: runs the consistency jobs the console submits."""
+    proc = ManagedProcess("runner", [sys.executable, "-m", "app.cli", "jobs", "work"],
+                          process_env(settings), tmp_path / "runner.log", cwd=REPO)
+    try:
+        yield proc
+    finally:
+        proc.stop(grace=10)
+
+
 def test_memories_consistency_and_reading_without_javascript(
         page: Page, browser: Browser, web: Web, admin_key: str, settings: Settings,
-        db: Database, service: MemoryService, graph: Neo4jGraph) -> None:
+        db: Database, service: MemoryService, graph: Neo4jGraph,
+        job_runner_process: ManagedProcess) -> None:
     first, _ = service.store("carol", "Dr. Jane Doe works at Globex Corporation",
                              metadata={"topic": "work"}, importance=8)
     service.store("carol", "Globex Corporation opened an office in Berlin with Sarah Connor")

@@ -21,12 +21,13 @@ from app.db.connector import Database
 from app.db.migrations import code_heads
 from app.errors import ExtractorMisconfigured
 from app.graph.neo4j import Neo4jGraph
+from app.jobs import JobRunner
 from app.outbox import Outbox
 from app.projector import Projector
 from app.settings import Settings
 from app.store import MemoryService
 from devtools.localservers import free_port
-from tests.conftest import PoisonExtractor, TestServers, bearer, drain
+from tests.conftest import PoisonExtractor, TestServers, bearer, drain, wait_for
 
 with warnings.catch_warnings():
     # As in test_api.py: Starlette warns when it falls back to httpx; harmless here.
@@ -255,7 +256,7 @@ def test_status_is_degraded_and_writes_go_on_when_one_server_is_down(
         ready = client.get("/api/health/ready")
         stored = client.post("/api/memories", headers=bearer(service_key),
                              json={"user_id": "alice", "content": "written while degraded"})
-        check = client.post("/api/persistence/sync", json={"operation": "check"})
+        check = client.post("/api/persistence/sync?wait=true", json={"operation": "check"})
     assert status.status_code == 200, status.text
     body = status.json()
     assert body["status"] == "degraded"
@@ -291,10 +292,24 @@ def test_ready_is_503_until_the_schema_is_migrated(client: TestClient, db: Datab
 
 def sync(client: TestClient, status: int = 200, params: dict[str, Any] | None = None,
          **body: Any) -> dict[str, Any]:
+    """Run a sync operation and return its report: a check inside the request (``wait=true``),
+    anything else as a background job, followed to its end (the ``job_runner`` runs it)."""
+    operation = body.get("operation", (params or {}).get("operation"))
+    if operation == "check":
+        params = {**(params or {}), "wait": "true"}
     response = client.post("/api/persistence/sync", json=body or None, params=params)
-    assert response.status_code == status, response.text
-    result: dict[str, Any] = response.json()
-    return result
+    if operation == "check":
+        assert response.status_code == status, response.text
+        result: dict[str, Any] = response.json()
+        return result
+    assert response.status_code == 202, response.text
+    location = response.headers["location"]
+    wait_for(lambda: client.get(location).json()["status"] not in ("queued", "running"), 60,
+             f"{operation} job to end")
+    job = client.get(location).json()
+    assert job["status"] == "done", job
+    report: dict[str, Any] = job["result"]
+    return report
 
 
 def open_inconsistencies(db: Database) -> int:
@@ -303,7 +318,7 @@ def open_inconsistencies(db: Database) -> int:
 
 def test_check_dry_run_repair_and_check_again(client: TestClient, world: dict[str, Any],
                                               neo4j_driver: Driver, projector: Projector,
-                                              db: Database) -> None:
+                                              db: Database, job_runner: JobRunner) -> None:
     clean = sync(client, operation="check")
     assert clean["consistent"] is True and clean["findings"] == []
     assert clean["check"]["checked"] == 6 and clean["check"]["stored"] is True
@@ -340,7 +355,7 @@ def test_check_dry_run_repair_and_check_again(client: TestClient, world: dict[st
 
 
 def test_full_and_rebuild(client: TestClient, world: dict[str, Any], neo4j_driver: Driver,
-                          projector: Projector, db: Database) -> None:
+                          projector: Projector, db: Database, job_runner: JobRunner) -> None:
     neo4j_driver.execute_query("MATCH (m:Memory {id: $id}) DETACH DELETE m",
                                id=world["memories"][0])
     neo4j_driver.execute_query("CREATE (:Entity {key: 'alice|person|nobody', user_id: 'alice',"

@@ -21,6 +21,7 @@ from app.api import create_app
 from app.console.session import SESSION_COOKIE
 from app.db.connector import Database
 from app.graph.neo4j import Neo4jGraph
+from app.jobs import JobRunner
 from app.keys import ApiKeys
 from app.outbox import DeadLetterFilter, Outbox
 from app.projector import Projector
@@ -245,7 +246,8 @@ def test_replay_asks_how_many_then_goes_through_the_outbox(
 
 
 def test_a_check_runs_as_a_job_and_its_run_is_listed(
-        admin: TestClient, service: MemoryService, projector: Projector, db: Database) -> None:
+        admin: TestClient, service: MemoryService, projector: Projector, db: Database,
+        job_runner: JobRunner) -> None:
     service.store("bob", "Lunch with Sarah Connor in Berlin")
     drain(projector, db)
     token = csrf(admin, "/admin/consistency")
@@ -262,6 +264,25 @@ def test_a_check_runs_as_a_job_and_its_run_is_listed(
     assert 'id="result-consistent"' in page.text and "Checked 1 memories" in page.text
     runs = admin.get("/admin/consistency")
     assert runs.text.count('class="run"') == 1 and "console:admin-key-1" in runs.text
+
+
+def test_a_queued_job_is_cancelled_from_its_page(admin: TestClient) -> None:
+    token = csrf(admin, "/admin/consistency")
+    started = admin.post("/admin/consistency/jobs", data={"csrf": token, "operation": "check"})
+    job_url = started.headers["location"]
+    page = admin.get(job_url)  # no runner here: the job waits in the queue
+    assert 'data-state="queued"' in page.text and 'id="job-cancel"' in page.text
+    assert admin.post(job_url + "/cancel", data={"csrf": "forged"}).status_code == 403
+    assert 'data-state="queued"' in admin.get(job_url).text
+    cancelled = admin.post(job_url + "/cancel", data={"csrf": token})
+    assert cancelled.status_code == 303 and cancelled.headers["location"] == job_url
+    after = admin.get(job_url)
+    assert 'data-state="cancelled"' in after.text and 'id="job-cancel"' not in after.text
+    assert "console:admin-key-1" in after.text
+    again = admin.post(job_url + "/cancel", data={"csrf": token})
+    assert again.status_code == 409
+    assert admin.post("/admin/consistency/jobs/424242/cancel",
+                      data={"csrf": token}).status_code == 404
 
 
 def test_the_memory_page_shows_graph_status_and_the_entity_graph(

@@ -1,23 +1,20 @@
 """The console's parts that need no server: signed sessions and tokens, chart and graph geometry,
-the jobs runner and the sampler's ring buffer."""
+a job run's progress and the sampler's ring buffer."""
 
 from __future__ import annotations
 
 import math
-import threading
 from datetime import UTC, datetime
 
 import pytest
 
-from app.consistency import SyncReport, SyncRequest
-from app.console.jobs import SyncJobs
 from app.console.samples import OutboxSampler
 from app.console.session import Expired, Signer
 from app.console.svg import entity_graph, line_chart
-from app.errors import Busy, StoreUnavailable
+from app.errors import StoreUnavailable
 from app.graph.base import EntityRow, Neighbourhood, RelationRow
+from app.jobs import Claim, _Run
 from app.outbox import OutboxStats
-from tests.conftest import wait_for
 
 SECRET = b"s" * 32
 
@@ -128,40 +125,15 @@ def test_the_entity_graph_puts_the_memory_in_the_middle_and_neighbours_outside()
     assert [n.kind for n in lonely.nodes] == ["memory"] and lonely.edges == []
 
 
-def _report(request: SyncRequest) -> SyncReport:
-    return SyncReport(request)
-
-
-def test_jobs_run_one_at_a_time_with_progress_and_keep_failures() -> None:
-    release = threading.Event()
-
-    def run(request: SyncRequest, progress: object) -> SyncReport:
-        assert callable(progress)
-        progress("memories", 2, 4)
-        progress("memories", 2, 4)
-        progress("graph", 7, None)
-        if request.user_id == "down":
-            raise StoreUnavailable("postgres is down")
-        release.wait(10)
-        return _report(request)
-
-    jobs = SyncJobs(run)
-    job = jobs.start(SyncRequest("check", "alice"), "console:admin-key-1")
-    with pytest.raises(Busy):
-        jobs.start(SyncRequest("check"), "console:admin-key-1")
-    wait_for(lambda: len(job.phases) == 2, 5, "progress")
-    assert [(p.name, p.done, p.total, p.percent) for p in job.phases] == [
+def test_a_runs_progress_adds_up_per_phase() -> None:
+    """The console's jobs are app.jobs' jobs now (tests/integration/test_jobs.py); what the
+    runner accumulates from the progress callback is checked here."""
+    run = _Run(Claim(None, "token", "runner"))  # type: ignore[arg-type]
+    run.advance("memories", 2, 4)
+    run.advance("memories", 2, 4)
+    run.advance("graph", 7, None)
+    assert [(p.name, p.done, p.total, p.percent) for p in run.phases] == [
         ("memories", 4, 4, 100), ("graph", 7, None, None)]
-    assert job.state == "running"
-    release.set()
-    wait_for(lambda: job.state == "done", 5, "the job to end")
-    assert job.result == {"operation": "check"} and job.finished_at is not None
-    failed = jobs.start(SyncRequest("check", "down"), "console:admin-key-1")
-    wait_for(lambda: failed.state == "failed", 5, "the job to fail")
-    assert failed.error == "postgres is down"
-    assert [j.id for j in jobs.recent()] == [failed.id, job.id]
-    assert jobs.get(job.id) is job and jobs.get(99) is None
-    jobs.wait(5)
 
 
 class FakeOutbox:

@@ -26,7 +26,8 @@
   }
 
   // A region with data-refresh="URL" is replaced by a fresh copy of itself every
-  // data-interval ms; with data-refresh-while="running" only while it says it is running.
+  // data-interval ms; with data-refresh-while="queued running" only while it says it is in
+  // one of those states.
   function live(region) {
     var url = region.getAttribute("data-refresh");
     var every = parseInt(region.getAttribute("data-interval"), 10) || 5000;
@@ -36,7 +37,8 @@
     function running() {
       if (!whileState) { return true; }
       var state = region.querySelector("[data-state]");
-      return state !== null && state.getAttribute("data-state") === whileState;
+      return state !== null &&
+        whileState.split(" ").indexOf(state.getAttribute("data-state")) >= 0;
     }
 
     function tick() {

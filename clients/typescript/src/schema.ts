@@ -515,14 +515,74 @@ export interface paths {
         get: operations["sync_stats_api_persistence_sync_get"];
         put?: never;
         /**
-         * Run check, repair, full or rebuild
-         * @description Run a consistency operation and answer with its report.
-         *
-         *     Blocking work runs in the server's thread pool; a large check or rebuild can take a while
-         *     (the scheduler runs checks periodically too). Findings of a check are stored unless
-         *     `dryRun`.
+         * Submit check, repair, full or rebuild as a background job
+         * @description Queue a consistency operation as a background job: 202 with the job and its
+         *     `Location` (`GET /api/persistence/sync/jobs/{id}` follows it). A runner (the scheduler
+         *     process) executes it, never the web process; a job whose runner dies is resumed by the next
+         *     one. Findings of a check are stored unless `dryRun`.
          */
         post: operations["run_sync_api_persistence_sync_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/persistence/sync/jobs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Background sync jobs
+         * @description Jobs, newest first, a page at a time.
+         */
+        get: operations["list_jobs_api_persistence_sync_jobs_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/persistence/sync/jobs/{job_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * One background sync job
+         * @description Status, phase, progress (done of total), timings, attempts and, once done, the report.
+         */
+        get: operations["get_job_api_persistence_sync_jobs__job_id__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/persistence/sync/jobs/{job_id}/cancel": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Cancel a background sync job
+         * @description A queued job is cancelled at once (`status: cancelled`); a running one keeps running
+         *     until its runner's next page (`cancel_requested_at` is set, then `status: cancelled`).
+         */
+        post: operations["cancel_job_api_persistence_sync_jobs__job_id__cancel_post"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1830,6 +1890,121 @@ export interface components {
              * @description rebuild: run the extractor again instead of using the cached extraction.
              */
             reextract?: boolean | null;
+        };
+        /**
+         * SyncJob
+         * @description A background sync job: its state, progress, timings and (once done) its report.
+         */
+        SyncJob: {
+            /** Id */
+            id: number;
+            /**
+             * Kind
+             * @enum {string}
+             */
+            kind: "check" | "repair" | "full" | "rebuild";
+            /**
+             * Status
+             * @description `queued`, `running` (a runner holds its lease), then `done`, `failed` or `cancelled`.
+             * @enum {string}
+             */
+            status: "queued" | "running" | "done" | "failed" | "cancelled";
+            params: components["schemas"]["SyncJobParams"];
+            /**
+             * Requested By
+             * @description Which key asked for it (never the key itself).
+             */
+            requested_by: string;
+            progress: components["schemas"]["SyncJobProgress"];
+            /**
+             * Attempts
+             * @description Runs so far: a job whose runner died runs again.
+             */
+            attempts: number;
+            /** Max Attempts */
+            max_attempts: number;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Started At */
+            started_at: string | null;
+            /** Finished At */
+            finished_at: string | null;
+            /**
+             * Heartbeat At
+             * @description The runner's last sign of life.
+             */
+            heartbeat_at: string | null;
+            /**
+             * Seconds
+             * @description How long it has run (so far).
+             */
+            seconds: number | null;
+            /** Cancel Requested At */
+            cancel_requested_at: string | null;
+            /** Cancelled By */
+            cancelled_by: string | null;
+            /** Error */
+            error: string | null;
+            /** @description The report, once done. */
+            result: components["schemas"]["SyncResult"] | null;
+        };
+        /** SyncJobList */
+        SyncJobList: {
+            /** Items */
+            items: components["schemas"]["SyncJob"][];
+            /**
+             * Next Before Id
+             * @description Pass as `before_id` for the next (older) page; null on the last page.
+             */
+            next_before_id: number | null;
+        };
+        /** SyncJobParams */
+        SyncJobParams: {
+            /** User Id */
+            user_id: string | null;
+            /** Limit */
+            limit: number | null;
+            /** Dry Run */
+            dry_run: boolean;
+            /** Reextract */
+            reextract: boolean;
+        };
+        /** SyncJobPhase */
+        SyncJobPhase: {
+            /** Name */
+            name: string;
+            /** Done */
+            done: number;
+            /** Total */
+            total: number | null;
+        };
+        /** SyncJobProgress */
+        SyncJobProgress: {
+            /**
+             * Phase
+             * @description The phase being run (memories, graph, repair, rebuild).
+             */
+            phase: string | null;
+            /**
+             * Done
+             * @description Items of the current phase done.
+             */
+            done: number;
+            /**
+             * Total
+             * @description The current phase's size, when known.
+             */
+            total: number | null;
+            /** Percent */
+            percent: number | null;
+            /**
+             * Phases
+             * @description Every phase of this attempt so far.
+             */
+            phases: components["schemas"]["SyncJobPhase"][];
         };
         /** SyncResult */
         SyncResult: {
@@ -4293,6 +4468,8 @@ export interface operations {
                 dryRun?: boolean | null;
                 dry_run?: boolean | null;
                 reextract?: boolean | null;
+                /** @description Run a small `check` inside this request and answer 200 with its report (the old synchronous contract): refused (422) for other operations and for a check of more memories than `SYNC_WAIT_MAX_MEMORIES` (give a `limit`, or submit a job). */
+                wait?: boolean;
             };
             header?: never;
             path?: never;
@@ -4304,13 +4481,22 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Successful Response */
+            /** @description `wait=true`: the check ran inside the request; its report. */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["SyncResult"];
+                };
+            };
+            /** @description Queued: the job, and its URL in `Location`. */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SyncJob"];
                 };
             };
             /** @description Missing or unknown API key */
@@ -4358,7 +4544,268 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Postgres or Neo4j is unavailable; retry */
+            /** @description Postgres (or, with `wait=true`, Neo4j) is unavailable; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    list_jobs_api_persistence_sync_jobs_get: {
+        parameters: {
+            query?: {
+                /** @description Only jobs in this state. */
+                status?: ("queued" | "running" | "done" | "failed" | "cancelled") | null;
+                /** @description The `next_before_id` of the previous page. */
+                before_id?: number | null;
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SyncJobList"];
+                };
+            };
+            /** @description Missing or unknown API key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's scope (or namespace) does not allow this request */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is larger than MAX_BODY_BYTES */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input; `field` names it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key is over its rate; wait `Retry-After` seconds */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Postgres (or the embedding backend) is unavailable; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    get_job_api_persistence_sync_jobs__job_id__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The job's id. */
+                job_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SyncJob"];
+                };
+            };
+            /** @description Missing or unknown API key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's scope (or namespace) does not allow this request */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such job. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is larger than MAX_BODY_BYTES */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input; `field` names it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key is over its rate; wait `Retry-After` seconds */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Postgres (or the embedding backend) is unavailable; retry */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    cancel_job_api_persistence_sync_jobs__job_id__cancel_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The job's id. */
+                job_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SyncJob"];
+                };
+            };
+            /** @description Missing or unknown API key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key's scope (or namespace) does not allow this request */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such job. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The job ended already. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is larger than MAX_BODY_BYTES */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input; `field` names it */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key is over its rate; wait `Retry-After` seconds */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Postgres (or the embedding backend) is unavailable; retry */
             503: {
                 headers: {
                     [name: string]: unknown;
