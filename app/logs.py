@@ -20,7 +20,8 @@ _BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',]+")
 
 def secrets_of(settings: Settings) -> list[str]:
     """Every secret value the settings hold, longest first (so no prefix is left showing)."""
-    values = [*settings.api_service_keys, *settings.api_admin_keys, settings.neo4j_password,
+    values = [*settings.api_service_keys, *settings.api_admin_keys, *settings.metrics_keys,
+              settings.neo4j_password,
               settings.embedding_api_key, settings.llm_api_key,
               settings.console_session_secret]
     found = {v.get_secret_value() for v in values if len(v.get_secret_value()) >= 4}

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from app import metrics
 from app.db.connector import Database, Listener, Tx
 from app.domain import MAX_PAGE, EventType, MemoryState
 from app.errors import AlreadyResolved, DeadLetterNotFound, ValidationError
@@ -234,6 +235,7 @@ class Outbox:
                 self._write_dead_letters(tx, dead)
                 result = Reclaimed(len(rows), len(dead))
         if rows:
+            metrics.OUTBOX_RECLAIMED.inc(result.reclaimed)
             log.warning("reclaimed expired leases", extra={
                 "action": "outbox.reclaim", "rows": result.reclaimed, "dead": result.dead,
                 "held": result.held})
@@ -336,6 +338,9 @@ class Outbox:
         """The one place a dead row becomes a dead letter."""
         if outbox_ids:
             tx.execute("insert_dead_letter", {"ids": outbox_ids})
+            # Counted before the commit: a rolled-back transaction over-counts (rarely), and
+            # the memctl_dead_letters gauge, read from Postgres, stays exact.
+            metrics.DEAD_LETTERS_WRITTEN.inc(len(outbox_ids))
 
     # -- upkeep -----------------------------------------------------------------------------
 
@@ -396,6 +401,7 @@ class Outbox:
                 done = sorted(int(r["id"]) for r in tx.all("replay_dead_letters", {
                     "ids": ids, "actor": actor, "note": "replayed"}))
                 tx.execute("notify_outbox", {"channel": CHANNEL})
+        metrics.DEAD_LETTERS_REPLAYED.inc(len(done))
         log.info("dead letters replayed", extra={"action": "outbox.replay", "count": len(done),
                                                  "actor": actor})
         skipped = sorted(set(selection.ids or ()) - set(done))

@@ -13,7 +13,7 @@ import neo4j
 import neo4j.exceptions as nx
 from neo4j import GraphDatabase, ManagedTransaction
 
-from app import statements
+from app import metrics, statements
 from app.errors import (
     ConfigError,
     GraphConflict,
@@ -130,9 +130,19 @@ class Neo4jGraph:
             raise convert(exc) from exc
 
     def _write(self, fn: Callable[[ManagedTransaction], T]) -> T:
+        runs = 0
+
+        def counted(tx: ManagedTransaction) -> T:
+            # The driver runs the function again after a transient error: count those.
+            nonlocal runs
+            runs += 1
+            if runs > 1:
+                metrics.NEO4J_RETRIES.inc()
+            return fn(tx)
+
         def work() -> T:
             with self.driver.session(database=self.database) as session:
-                return session.execute_write(fn)
+                return session.execute_write(counted)
         return self._run(work)
 
     def _read(self, fn: Callable[[ManagedTransaction], T]) -> T:
