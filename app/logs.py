@@ -51,6 +51,7 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
-    # The drivers are chatty at INFO; their warnings still show.
-    for noisy in ("neo4j", "httpx", "urllib3"):
+    # The drivers are chatty at INFO; their warnings still show. Alembic logs its plugin
+    # set-up at INFO whenever a process first reads the migration scripts (readiness).
+    for noisy in ("neo4j", "httpx", "urllib3", "alembic.runtime.plugins"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

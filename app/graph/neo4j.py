@@ -118,6 +118,12 @@ class Neo4jGraph:
                 connection_timeout=bounds.connect,
                 max_transaction_retry_time=bounds.transaction_retry,
                 connection_acquisition_timeout=bounds.acquisition,
+                # A label, relationship type or property no node has yet (every one of them on
+                # an empty graph) draws an UNRECOGNIZED warning per query, which the driver
+                # logs as a multi-kilobyte WARNING: expected here, so the server is asked not to
+                # send them. Other classes (performance, deprecation) still reach the log.
+                notifications_disabled_classifications=[
+                    neo4j.NotificationDisabledClassification.UNRECOGNIZED],
             )
         except (nx.ConfigurationError, ValueError) as exc:  # a malformed URI or auth
             raise ConfigError(f"NEO4J_URI: {exc}") from None
