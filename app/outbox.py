@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from app import metrics
+from app import metrics, tracing
 from app.db.connector import Database, Listener, Tx
 from app.domain import MAX_PAGE, EventType, MemoryState
 from app.errors import AlreadyResolved, DeadLetterNotFound, ValidationError
@@ -63,6 +63,7 @@ class WorkItem:
     attempts: int
     state: MemoryState
     lease_left: float | None = None  # seconds of lease left when the worker read the row
+    traceparent: str | None = None  # the W3C trace context of the request that wrote it
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,8 @@ class Outbox:
              event: EventType) -> None:
         """Queue the delivery of one memory change, inside the transaction that makes it."""
         tx.execute("insert_outbox", {"memory_id": memory_id, "user_id": user_id,
-                                     "memory_version": version, "event_type": event})
+                                     "memory_version": version, "event_type": event,
+                                     "traceparent": tracing.current_traceparent()})
         tx.execute("notify_outbox", {"channel": CHANNEL})
 
     def queue_resync(self, memory_ids: Sequence[uuid.UUID | str]) -> int:
@@ -281,7 +283,8 @@ class Outbox:
         rows = self.db.all("outbox_rows_for_work", {"ids": list(outbox_ids)})
         return [WorkItem(int(r["outbox_id"]), r["memory_id"], r["user_id"], r["event_type"],
                          int(r["attempts"]), MemoryState.from_row(r),
-                         None if r["lease_left"] is None else float(r["lease_left"]))
+                         None if r["lease_left"] is None else float(r["lease_left"]),
+                         r["traceparent"])
                 for r in rows]
 
     def mark_done(self, projected: Sequence[tuple[str, int]]) -> None:

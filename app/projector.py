@@ -21,9 +21,9 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from app import metrics
+from app import metrics, tracing
 from app.breakers import EXTRACTOR, GRAPH, describe
 from app.db.connector import Database
 from app.domain import Extraction, MemoryState
@@ -39,6 +39,9 @@ from app.extraction import Extractor
 from app.graph.base import GraphStore, MemoryProjection
 from app.outbox import Outbox, WorkItem
 from app.projection import cached_extraction, extraction_record, projection_of
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 log = logging.getLogger(__name__)
 DEFERRED = "deferred: the lease was running out before the extractor got to it"
@@ -113,13 +116,15 @@ class Projector:
         started = time.monotonic()
         metrics.PROJECTION_BATCH_ROWS.observe(len(outbox_ids))
         try:
-            return self._process(outbox_ids)
+            with tracing.span("projection", {"memctl.rows": len(outbox_ids)}) as span:
+                return self._process(outbox_ids, span)
         finally:
             metrics.PROJECTION_BATCH_DURATION.observe(time.monotonic() - started)
 
-    def _process(self, outbox_ids: Sequence[int]) -> Outcome:
+    def _process(self, outbox_ids: Sequence[int], span: Span | None) -> Outcome:
         outcome = Outcome()
         items = self.outbox.work(outbox_ids)
+        tracing.link(span, (i.traceparent for i in items))  # to the requests that wrote them
         outcome.skipped = len(set(outbox_ids)) - len(items)  # already done or dead
         metrics.PROJECTION_ATTEMPTS.inc(len(items))
         if not items:

@@ -147,6 +147,12 @@ class Settings(BaseSettings):
     # Where dramatiq's worker processes keep their metrics files; empty: the temp folder.
     metrics_multiproc_dir: str = ""
 
+    # Tracing (app/tracing.py, OpenTelemetry): off, console (spans printed) or otlp (OTLP over
+    # HTTP to TRACING_OTLP_ENDPOINT; needs the otlp extra).
+    tracing_exporter: Literal["off", "console", "otlp"] = "off"
+    tracing_otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    tracing_service_name: str = Field("memctl", min_length=1, max_length=100)
+
     # Local servers and logs
     local_dir: Path = Path(".local")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -22,6 +22,7 @@ use_multiprocess_dir(settings)
 
 import dramatiq  # noqa: E402
 
+from app import tracing  # noqa: E402
 from app.breakers import Prober  # noqa: E402
 from app.logs import configure_logging  # noqa: E402
 from app.projector import Projector  # noqa: E402
@@ -29,6 +30,7 @@ from app.queue import build_broker, declare_project_actor  # noqa: E402
 from app.wiring import Services, build_services  # noqa: E402
 
 configure_logging(settings)
+tracing.configure(settings)
 broker = build_broker(settings)
 # The dramatiq CLI uses the global broker unless told ``module:broker``; set both ways.
 dramatiq.set_broker(broker)

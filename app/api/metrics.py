@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import metrics
+from app import metrics, tracing
 from app.api.errors import error_response
 from app.settings import Settings
 
@@ -36,7 +36,8 @@ def route_template(scope: Scope) -> str:
 
 
 class RequestMetrics:
-    """ASGI middleware: in-flight gauge, count and duration of each request."""
+    """ASGI middleware: in-flight gauge, count and duration of each request, and (while
+    tracing is on) the request's span, current while the app answers."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -56,7 +57,16 @@ class RequestMetrics:
 
         metrics.HTTP_IN_FLIGHT.inc()
         try:
-            await self.app(scope, receive, observed)
+            with tracing.span(f"HTTP {scope['method']}", {
+                    "http.request.method": scope["method"]}) as span:
+                try:
+                    await self.app(scope, receive, observed)
+                finally:
+                    if span is not None:
+                        route = route_template(scope)
+                        span.update_name(f"{scope['method']} {route}")
+                        span.set_attribute("http.route", route)
+                        span.set_attribute("http.response.status_code", status)
         finally:
             metrics.HTTP_IN_FLIGHT.dec()
             labels = (scope["method"], route_template(scope), str(status))
