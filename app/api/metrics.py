@@ -24,6 +24,8 @@ from app.api.errors import error_response
 from app.settings import Settings
 
 UNMATCHED = "<unmatched>"
+# Any token is a method to HTTP: a client inventing methods must not invent label values.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def route_template(scope: Scope) -> str:
@@ -69,7 +71,8 @@ class RequestMetrics:
                         span.set_attribute("http.response.status_code", status)
         finally:
             metrics.HTTP_IN_FLIGHT.dec()
-            labels = (scope["method"], route_template(scope), str(status))
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            labels = (method, route_template(scope), str(status))
             metrics.HTTP_REQUESTS.labels(*labels).inc()
             metrics.HTTP_DURATION.labels(*labels).observe(time.perf_counter() - started)
 

@@ -33,9 +33,12 @@ def scrape(url: str, key: str | None = None) -> dict[tuple[str, frozenset[tuple[
     """Every sample at ``url`` as {(name, labels): value}."""
     response = httpx.get(url, timeout=5, headers=bearer(key) if key else None)
     response.raise_for_status()
+    return scrape_text(response.text)
+
+
+def scrape_text(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(response.text)
-            for s in family.samples}
+            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
@@ -178,3 +181,21 @@ def test_each_process_counts_a_store_projection_failure_dead_letter_and_replay(
     assert value(scheduler, "memctl_state_up") == 1
     assert ("memctl_check_open_findings", frozenset({("kind", "missing_in_graph")})) \
         in scheduler
+
+
+def test_a_request_labels_only_bounded_values(settings: Settings) -> None:
+    """Invented methods and unknown paths do not become label values."""
+    from fastapi.testclient import TestClient
+
+    from app.api import create_app
+
+    with TestClient(create_app(settings)) as client:
+        assert client.request("BREW", "/api/health/live").status_code == 405
+        assert client.get("/no/such/path/123").status_code == 404
+        samples = scrape_text(client.get("/metrics").text)
+    assert value(samples, "memctl_http_requests_total", method="other",
+                 route="/api/health/live", status="405") == 1
+    assert value(samples, "memctl_http_requests_total", method="GET", route="<unmatched>",
+                 status="404") >= 1
+    assert not any("BREW" in dict(ls).values() or "/no/such/path/123" in dict(ls).values()
+                   for _, ls in samples)
