@@ -4,7 +4,8 @@ dashboard, and the compose profile that runs them, checked against the metrics t
 - Every expression (alert rule, dashboard query) names only metrics ``app.metrics`` defines
   (or Prometheus' own ``up``), with label matchers those metrics carry.
 - The rules are well formed (PyYAML: groups, names, durations, severities) and cover what an
-  operator must hear of; with ``promtool`` on PATH (or $PROMTOOL) it checks them too.
+  operator must hear of; with ``promtool`` on PATH (or $PROMTOOL) it checks them too and runs
+  their unit tests (deploy/prometheus/alerts.test.yml: each alert fires when it should).
 - The scrape config reaches every process where docker-compose.yml makes it listen, and the
   observability profile adds Prometheus and Grafana only when asked, Grafana on loopback only.
 """
@@ -186,7 +187,7 @@ def promtool() -> str | None:
 
 @pytest.mark.skipif(promtool() is None, reason="promtool is not installed (the YAML checks "
                     "above still run)")
-def test_promtool_accepts_the_rules_and_the_config() -> None:
+def test_promtool_accepts_the_rules_and_the_config_and_their_unit_tests_pass() -> None:
     tool = promtool()
     assert tool is not None
     done = subprocess.run([tool, "check", "rules", str(PROMETHEUS / "alerts.yml")],
@@ -194,5 +195,9 @@ def test_promtool_accepts_the_rules_and_the_config() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     done = subprocess.run([tool, "check", "config", "--syntax-only",
                            str(PROMETHEUS / "prometheus.yml")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # The rules' unit tests: each alert fires (or stays quiet) when it should.
+    done = subprocess.run([tool, "test", "rules", "alerts.test.yml"], cwd=PROMETHEUS,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
