@@ -231,6 +231,13 @@ class Consistency:
         """The most recent check runs, newest first (``result`` holds the summary by kind)."""
         return self.db.all("list_check_runs", {"limit": limit})
 
+    def health(self) -> tuple[datetime | None, dict[str, int]]:
+        """When the last check finished, and the unresolved findings by kind (for metrics)."""
+        last = self.db.one("last_check_run")
+        counts = {str(r["kind"]): int(r["n"]) for r in self.db.all("inconsistency_stats")}
+        return (last["finished_at"] if last is not None else None,
+                {k: counts.get(k, 0) for k in KINDS})
+
     def open_findings(self, user_id: str | None = None,
                       limit: int = 100) -> list[dict[str, Any]]:
         """Stored findings no later check has resolved, oldest first."""

@@ -20,7 +20,8 @@ _BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',]+")
 
 def secrets_of(settings: Settings) -> list[str]:
     """Every secret value the settings hold, longest first (so no prefix is left showing)."""
-    values = [*settings.api_service_keys, *settings.api_admin_keys, settings.neo4j_password,
+    values = [*settings.api_service_keys, *settings.api_admin_keys, *settings.metrics_keys,
+              settings.neo4j_password,
               settings.embedding_api_key, settings.llm_api_key,
               settings.console_session_secret]
     found = {v.get_secret_value() for v in values if len(v.get_secret_value()) >= 4}
@@ -50,6 +51,7 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
-    # The drivers are chatty at INFO; their warnings still show.
-    for noisy in ("neo4j", "httpx", "urllib3"):
+    # The drivers are chatty at INFO; their warnings still show. Alembic logs its plugin
+    # set-up at INFO whenever a process first reads the migration scripts (readiness).
+    for noisy in ("neo4j", "httpx", "urllib3", "alembic.runtime.plugins"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

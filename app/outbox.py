@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from app import metrics, tracing
 from app.db.connector import Database, Listener, Tx
 from app.domain import MAX_PAGE, EventType, GraphProjection, MemoryState
 from app.errors import AlreadyResolved, DeadLetterNotFound, ValidationError
@@ -62,6 +63,7 @@ class WorkItem:
     attempts: int
     state: MemoryState
     lease_left: float | None = None  # seconds of lease left when the worker read the row
+    traceparent: str | None = None  # the W3C trace context of the request that wrote it
 
 
 @dataclass(frozen=True)
@@ -188,7 +190,8 @@ class Outbox:
              event: EventType) -> None:
         """Queue the delivery of one memory change, inside the transaction that makes it."""
         tx.execute("insert_outbox", {"memory_id": memory_id, "user_id": user_id,
-                                     "memory_version": version, "event_type": event})
+                                     "memory_version": version, "event_type": event,
+                                     "traceparent": tracing.current_traceparent()})
         tx.execute("notify_outbox", {"channel": CHANNEL})
 
     def queue_resync(self, memory_ids: Sequence[uuid.UUID | str]) -> int:
@@ -234,6 +237,7 @@ class Outbox:
                 self._write_dead_letters(tx, dead)
                 result = Reclaimed(len(rows), len(dead))
         if rows:
+            metrics.OUTBOX_RECLAIMED.inc(result.reclaimed)
             log.warning("reclaimed expired leases", extra={
                 "action": "outbox.reclaim", "rows": result.reclaimed, "dead": result.dead,
                 "held": result.held})
@@ -279,7 +283,8 @@ class Outbox:
         rows = self.db.all("outbox_rows_for_work", {"ids": list(outbox_ids)})
         return [WorkItem(int(r["outbox_id"]), r["memory_id"], r["user_id"], r["event_type"],
                          int(r["attempts"]), MemoryState.from_row(r),
-                         None if r["lease_left"] is None else float(r["lease_left"]))
+                         None if r["lease_left"] is None else float(r["lease_left"]),
+                         r["traceparent"])
                 for r in rows]
 
     def mark_done(self, projected: Sequence[tuple[str, int]]) -> None:
@@ -336,6 +341,9 @@ class Outbox:
         """The one place a dead row becomes a dead letter."""
         if outbox_ids:
             tx.execute("insert_dead_letter", {"ids": outbox_ids})
+            # Counted before the commit: a rolled-back transaction over-counts (rarely), and
+            # the memctl_dead_letters gauge, read from Postgres, stays exact.
+            metrics.DEAD_LETTERS_WRITTEN.inc(len(outbox_ids))
 
     # -- upkeep -----------------------------------------------------------------------------
 
@@ -391,6 +399,7 @@ class Outbox:
                 done = sorted(int(r["id"]) for r in tx.all("replay_dead_letters", {
                     "ids": ids, "actor": actor, "note": "replayed"}))
                 tx.execute("notify_outbox", {"channel": CHANNEL})
+        metrics.DEAD_LETTERS_REPLAYED.inc(len(done))
         log.info("dead letters replayed", extra={"action": "outbox.replay", "count": len(done),
                                                  "actor": actor})
         skipped = sorted(set(selection.ids or ()) - set(done))

@@ -21,8 +21,9 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from app import metrics, tracing
 from app.breakers import EXTRACTOR, GRAPH, describe
 from app.db.connector import Database
 from app.domain import Extraction, MemoryState
@@ -38,6 +39,9 @@ from app.extraction import Extractor
 from app.graph.base import GraphStore, MemoryProjection
 from app.outbox import Outbox, WorkItem
 from app.projection import cached_extraction, extraction_record, projection_of
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 log = logging.getLogger(__name__)
 DEFERRED = "deferred: the lease was running out before the extractor got to it"
@@ -109,9 +113,20 @@ class Projector:
 
     def process(self, outbox_ids: Sequence[int]) -> Outcome:
         """Project the memories these outbox rows name; finish, reschedule or hold every row."""
+        started = time.monotonic()
+        metrics.PROJECTION_BATCH_ROWS.observe(len(outbox_ids))
+        try:
+            with tracing.span("projection", {"memctl.rows": len(outbox_ids)}) as span:
+                return self._process(outbox_ids, span)
+        finally:
+            metrics.PROJECTION_BATCH_DURATION.observe(time.monotonic() - started)
+
+    def _process(self, outbox_ids: Sequence[int], span: Span | None) -> Outcome:
         outcome = Outcome()
         items = self.outbox.work(outbox_ids)
+        tracing.link(span, (i.traceparent for i in items))  # to the requests that wrote them
         outcome.skipped = len(set(outbox_ids)) - len(items)  # already done or dead
+        metrics.PROJECTION_ATTEMPTS.inc(len(items))
         if not items:
             return outcome
         if not self.breakers.allows(GRAPH):
@@ -224,6 +239,8 @@ class Projector:
         self.outbox.mark_done([(mid, batch[mid].version) for mid in finished])
         count = sum(len(by_memory[mid]) for mid in finished)
         outcome.done += count
+        metrics.PROJECTED_MEMORIES.inc(len(finished))
+        metrics.PROJECTION_DONE_ROWS.inc(count)
         outcome.fenced += len(result.fenced)
         log.info("projected", extra={"action": "projection.done", "memories": len(finished),
                                      "rows": count, "orphans_removed": result.orphans_removed})
@@ -240,6 +257,7 @@ class Projector:
         if breaker is not None and not held and not self.breakers.allows(breaker):
             self.breakers.invalidate()  # our view said open, Postgres says closed
         outcome.held += len(items)
+        metrics.PROJECTION_RELEASED.labels(breaker or "lease").inc(len(items))
         log.info("rows sent back without an attempt", extra={
             "action": "projection.held", "breaker": breaker, "rows": len(items),
             "held": held, "why": why[:300]})
@@ -259,6 +277,8 @@ class Projector:
         failed = self.outbox.record_failure(items, error, permanent=permanent)
         outcome.failed += len(failed.failed)
         outcome.dead += len(failed.dead)
+        metrics.PROJECTION_FAILURES.labels(metrics.error_kind(exc)).inc(len(failed.failed))
+        metrics.PROJECTION_DEAD.inc(len(failed.dead))
         for item in items:
             log.warning("projection failed", extra={
                 "action": "projection.failed", "outbox_id": item.outbox_id,

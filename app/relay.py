@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from app import metrics
 from app.breakers import EXTRACTOR, GRAPH, Breakers
 from app.errors import QueueError, StoreError
 from app.outbox import Outbox
@@ -72,17 +73,22 @@ class Relay:
             held = self.outbox.hold_needing_extraction(EXTRACTOR,
                                                        self.settings.relay_batch_size)
             self.stats.held += held
+            metrics.RELAY_HELD.inc(held)
             if held < self.settings.relay_batch_size:
                 break
         try:
             with self.outbox.claim(self.settings.relay_batch_size) as ids:
+                metrics.RELAY_CLAIMED.inc(len(ids))
                 for i in range(0, len(ids), size):
                     self.queue.send(ids[i:i + size])  # QueueError rolls the claim back
                     self.stats.messages += 1
+                    metrics.RELAY_MESSAGES.inc()
         except (QueueError, StoreError):
             self.stats.errors += 1
+            metrics.RELAY_ENQUEUE_FAILURES.inc()
             raise
         self.stats.claimed += len(ids)
+        metrics.RELAY_ENQUEUED.inc(len(ids))  # the claim committed: these rows are on the queue
         if ids:
             log.debug("dispatched", extra={"action": "relay.dispatch", "rows": len(ids)})
         return len(ids)

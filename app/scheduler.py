@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from app import metrics
 from app.breakers import Breakers
 from app.consistency import Consistency
 from app.db.connector import Database
@@ -54,15 +55,18 @@ class Scheduler:
             try:
                 result = task.run()
                 ran.append(task.name)
+                metrics.SCHEDULER_TASKS.labels(task.name, "ok").inc()
                 log.info("task done", extra={"action": f"scheduler.{task.name}",
                                              "result": result})
             except MemoryPersistenceError as exc:
+                metrics.SCHEDULER_TASKS.labels(task.name, "error").inc()
                 log.warning("task failed", extra={"action": f"scheduler.{task.name}",
                                                   "error": str(exc)[:300]})
         return ran
 
     def run(self) -> None:
         """Loop until ``stop()``: hold the lock (or wait for it), run due tasks."""
+        metrics.SCHEDULER_LEADER.set(0)
         while not self.stop_event.is_set():
             try:
                 with self.db.session_lock(LEADER_LOCK) as lock:
@@ -70,6 +74,7 @@ class Scheduler:
                         lock.alive()  # still holding the session, and so the lock?
                         if not self.is_leader and lock.try_acquire():
                             self.is_leader = True
+                            metrics.SCHEDULER_LEADER.set(1)
                             log.info("scheduler is leader", extra={"action": "scheduler.leader"})
                         if self.is_leader:
                             self.tick()
@@ -80,6 +85,7 @@ class Scheduler:
                 self.stop_event.wait(1.0)
             finally:
                 self.is_leader = False  # the session is closed: the lock is released
+                metrics.SCHEDULER_LEADER.set(0)
 
     def stop(self) -> None:
         self.stop_event.set()

@@ -158,11 +158,31 @@ class Settings(BaseSettings):
     # server's major version or newer); empty: found on PATH.
     pg_bin_dir: str = ""
 
+    # Metrics (Prometheus, app/metrics.py). The web process serves /metrics (METRICS_ENABLED);
+    # with METRICS_KEYS set it asks for one of them as a bearer token (scrape-only keys: they
+    # open nothing else), without them it is open like /api/health. The other processes serve
+    # http://METRICS_HOST:METRICS_PORT_<PROCESS>/metrics; 0 leaves that process's server off.
+    metrics_enabled: bool = True
+    metrics_keys: KeyList = ()
+    metrics_host: str = "127.0.0.1"
+    metrics_port_relay: int = Field(0, ge=0, le=65535)
+    metrics_port_worker: int = Field(0, ge=0, le=65535)
+    metrics_port_scheduler: int = Field(0, ge=0, le=65535)
+    # Where dramatiq's worker processes keep their metrics files; empty: the temp folder.
+    metrics_multiproc_dir: str = ""
+
+    # Tracing (app/tracing.py, OpenTelemetry): off, console (spans printed) or otlp (OTLP over
+    # HTTP to TRACING_OTLP_ENDPOINT; needs the otlp extra).
+    tracing_exporter: Literal["off", "console", "otlp"] = "off"
+    tracing_otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    tracing_service_name: str = Field("memctl", min_length=1, max_length=100)
+
     # Local servers and logs
     local_dir: Path = Path(".local")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    _split_service = field_validator("api_service_keys", "api_admin_keys", mode="before")(
+    _split_service = field_validator("api_service_keys", "api_admin_keys", "metrics_keys",
+                                     mode="before")(
         _split_keys
     )
 

@@ -24,6 +24,7 @@ from app.graph.base import GraphStore
 from app.graph.neo4j import Neo4jGraph
 from app.jobs import JobRunner, Jobs
 from app.keys import ApiKeys
+from app.metrics import State, read_state
 from app.outbox import Outbox
 from app.projector import Projector
 from app.queue import ProjectionQueue
@@ -137,6 +138,10 @@ class Services:
             # An extractor without a remote endpoint (the rules) has nothing to be out.
             EXTRACTOR: extractor.probe if isinstance(extractor, Probed) else lambda: None,
         })
+
+    def metrics_state(self) -> State:
+        """The state Postgres holds, for the metrics collector (``app.metrics``)."""
+        return read_state(self.outbox, self.breakers, self.consistency)
 
     def relay(self) -> Relay:
         return Relay(self.settings, self.outbox, self.queue, self.breakers)

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
+import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
 import typer
 from rich.table import Table
 
@@ -145,8 +150,25 @@ def masked(secret: str) -> str:
     return secret[:8] + "…" if len(secret) > 12 else "…"
 
 
+def wait_ready(url: str, stopped: Callable[[], bool], timeout: float = 300.0) -> bool:
+    """Poll ``url`` until it answers 200 (True), ``stopped()`` holds or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not stopped():
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
 def run() -> None:
-    """Start everything locally: servers, migrations, then the Procfile's processes (honcho)."""
+    """Start everything locally: servers, migrations, then the Procfile's processes (honcho).
+
+    honcho prints one line per process it starts; once the API answers its readiness probe
+    this prints one ready line with the addresses, and Ctrl-C stops every process.
+    """
     from app.cli.processes import migrate
 
     services_up()
@@ -154,22 +176,26 @@ def run() -> None:
     settings = settings_or_exit()
     generated = ensure_local_secrets(settings)
     base = f"http://{settings.api_host}:{settings.api_port}"
-    err_console.print(f"\n[bold]API[/bold]      {base}/api")
-    err_console.print(f"[bold]API docs[/bold] {base}/docs")
-    if settings.console_enabled:
-        err_console.print(f"[bold]Console[/bold]  {base}/admin  (log in with an admin key)")
     for name in ("API_SERVICE_KEYS", "API_ADMIN_KEYS"):
         if name in generated:
             err_console.print(f"[bold]{name}[/bold] {masked(generated[name])}  (generated; "
                               f"the full value is in {settings.local_dir / 'secrets.env'})")
-    err_console.print("Stop with Ctrl-C; 'memctl services down' stops the servers.\n")
     sys.stdout.flush()
-    os.environ.update(generated)
+    env = {**os.environ, **generated}
     # The Procfile's commands (memctl, dramatiq) live beside this interpreter.
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    procfile = REPO / "Procfile"
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     honcho = Path(sys.executable).with_name("honcho")
-    os.execv(str(honcho), [str(honcho), "start", "-f", str(procfile), "-d", str(REPO)])
+    proc = subprocess.Popen([str(honcho), "start", "-f", str(REPO / "Procfile"),
+                             "-d", str(REPO)], env=env)
+    # Ctrl-C reaches honcho with the terminal's process group; honcho stops the processes.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
+    if wait_ready(f"{base}/api/health/ready", lambda: proc.poll() is not None):
+        console_part = f", console {base}/admin" if settings.console_enabled else ""
+        err_console.print(f"[bold green]ready[/bold green]: API {base}/api, docs {base}/docs"
+                          f"{console_part}; Ctrl-C stops it ('memctl services down' stops "
+                          "the servers)", soft_wrap=True)
+    raise typer.Exit(proc.wait())
 
 
 def register(app: typer.Typer) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -319,12 +319,19 @@ def _command(spec: object) -> list[str] | None:
     return [str(part) for part in spec]  # type: ignore[attr-defined]
 
 
-def project(path: Path, env: Mapping[str, str]) -> Project:
-    """Read ``path`` and interpolate it from ``env`` (what ``.env`` and the shell give)."""
+def project(path: Path, env: Mapping[str, str], profiles: Iterable[str] = ()) -> Project:
+    """Read ``path`` and interpolate it from ``env`` (what ``.env`` and the shell give).
+
+    As ``docker compose`` does, a service with ``profiles`` is part of the project only when
+    one of them is among ``profiles`` (``--profile``).
+    """
     raw = load_yaml(path)
     resolved = interpolate_tree(raw, env)
     proj = Project(path, raw, resolved)
+    active = set(profiles)
     for name, spec in (resolved.get("services") or {}).items():
+        if spec.get("profiles") and not active & set(spec["profiles"]):
+            continue
         health = spec.get("healthcheck")
         proj.services[name] = Service(
             name=name, raw=spec, image=spec.get("image"), build=spec.get("build"),

@@ -14,19 +14,26 @@ import sys
 import threading
 from typing import Any
 
-import dramatiq
-
-from app.breakers import Prober
-from app.errors import ConfigError
-from app.extraction import NlpExtractor
-from app.logs import configure_logging
-from app.projector import Projector
-from app.queue import build_broker, declare_project_actor
 from app.settings import load_settings
-from app.wiring import Services, build_services
+from workers.metrics import WorkerMetrics, use_multiprocess_dir
 
 settings = load_settings()
+# Before anything imports prometheus_client: this process counts into the shared folder.
+use_multiprocess_dir(settings)
+
+import dramatiq  # noqa: E402
+
+from app import tracing  # noqa: E402
+from app.breakers import Prober  # noqa: E402
+from app.errors import ConfigError  # noqa: E402
+from app.extraction import NlpExtractor  # noqa: E402
+from app.logs import configure_logging  # noqa: E402
+from app.projector import Projector  # noqa: E402
+from app.queue import build_broker, declare_project_actor  # noqa: E402
+from app.wiring import Services, build_services  # noqa: E402
+
 configure_logging(settings)
+tracing.configure(settings)
 broker = build_broker(settings)
 # The dramatiq CLI uses the global broker unless told ``module:broker``; set both ways.
 dramatiq.set_broker(broker)
@@ -94,3 +101,4 @@ def project_outbox(outbox_ids: list[int]) -> None:
 
 project_actor = declare_project_actor(broker, settings, project_outbox)
 broker.add_middleware(BreakerProbes())
+broker.add_middleware(WorkerMetrics(settings))

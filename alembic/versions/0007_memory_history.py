@@ -9,7 +9,7 @@
   projection stands (the open rows had a partial index; done and dead ones had none).
 
 Revision ID: 0007_history
-Revises: 0005
+Revises: 0006_trace
 Create Date: 2026-12-07
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 from alembic import op
 
 revision = "0007_history"
-down_revision = "0005"
+down_revision = "0006_trace"
 branch_labels = None
 depends_on = None
 

@@ -15,7 +15,8 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from app import console
-from app.api import docs, errors
+from app import metrics as app_metrics
+from app.api import docs, errors, metrics
 from app.api.guard import BodyLimit, RequestGuard
 from app.api.routes import admin, health, memories, persistence
 from app.settings import Settings
@@ -57,12 +58,15 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = services is None
         parts = services if services is not None else build_services(settings)
+        state: app_metrics.StateCollector | None = None
         try:
             # A mismatched EMBEDDING_DIM would fail every write later, a broken model install
             # every search: refuse to start instead.
             await run_in_threadpool(parts.db.check_embedding_dimension)
             await run_in_threadpool(parts.embedder.load)
             app.state.services = parts
+            state = (app_metrics.register_state(parts.metrics_state)
+                     if settings.metrics_enabled else None)
             for part in background:
                 part.start(parts)
             log.info("api started", extra={"action": "api.start"})
@@ -70,6 +74,8 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
         finally:
             for part in reversed(background):
                 await run_in_threadpool(part.stop)
+            if state is not None:
+                app_metrics.unregister_state(state)
             app.state.services = None
             if own:
                 parts.close()
@@ -89,6 +95,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     app.state.guard = RequestGuard(settings)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     errors.install(app)
+    metrics.install(app, settings)
     if settings.api_docs:
         docs.install(app)
     app.include_router(health.router)

@@ -19,6 +19,7 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from app import tracing
 from app.api import create_app
 from app.logs import configure_logging
 from app.settings import Settings
@@ -76,6 +77,7 @@ def protocol_for(settings: Settings) -> type[DeadlineProtocol]:
 def serve(settings: Settings) -> None:
     """Serve the API on ``API_HOST:API_PORT`` until interrupted."""
     configure_logging(settings)
+    tracing.configure(settings)
     uvicorn.run(
         create_app(settings),
         host=settings.api_host,

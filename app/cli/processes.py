@@ -82,21 +82,37 @@ class _Loop(Protocol):
     def stop(self) -> None: ...
 
 
-def _until_signalled(build: Callable[[Services], _Loop]) -> None:
-    """Run a loop (relay, scheduler) until SIGTERM/SIGINT asks it to stop."""
+def _until_signalled(build: Callable[[Services], _Loop], metrics_port: int = 0,
+                     state: bool = False) -> None:
+    """Run a loop (relay, scheduler) until SIGTERM/SIGINT asks it to stop.
+
+    With ``metrics_port`` its metrics are served there meanwhile (with ``state``, the state
+    Postgres holds as well).
+    """
+    from app import metrics
     from app.logs import configure_logging
 
     with services() as parts:
         configure_logging(parts.settings)
         runner = build(parts)
+        server = None
+        if metrics_port:
+            if state:
+                metrics.register_state(parts.metrics_state)
+            server = metrics.serve(parts.settings.metrics_host, metrics_port)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: runner.stop())
-        runner.run()
+        try:
+            runner.run()
+        finally:
+            if server is not None:
+                server.shutdown()
 
 
 def relay() -> None:
     """Run the outbox relay until SIGTERM/SIGINT (then finish the current batch and exit)."""
-    _until_signalled(lambda parts: parts.relay())
+    settings = settings_or_exit()
+    _until_signalled(lambda parts: parts.relay(), settings.metrics_port_relay)
 
 
 class _Together:
@@ -131,7 +147,8 @@ def _scheduler(parts: Services) -> _Loop:
 def scheduler() -> None:
     """Run the periodic upkeep (lease reclaim, pruning, consistency check) and the background
     sync jobs (unless SCHEDULER_RUNS_JOBS=false) until SIGTERM."""
-    _until_signalled(_scheduler)
+    settings = settings_or_exit()
+    _until_signalled(_scheduler, settings.metrics_port_scheduler, state=True)
 
 
 def job_runner() -> None:

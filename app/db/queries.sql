@@ -13,8 +13,8 @@ RETURNING id, user_id, content, metadata, importance, version, content_hash, ent
 
 -- insert_outbox --
 -- The delivery event of one memory change; commits in the same transaction as the change.
-INSERT INTO outbox (memory_id, user_id, memory_version, event_type)
-VALUES (:memory_id, :user_id, :memory_version, :event_type)
+INSERT INTO outbox (memory_id, user_id, memory_version, event_type, traceparent)
+VALUES (:memory_id, :user_id, :memory_version, :event_type, :traceparent)
 RETURNING id;
 
 -- notify_outbox --
@@ -246,7 +246,7 @@ RETURNING o.id, o.status;
 -- The rows a worker was sent, with their memory's current state; skips finished rows.
 -- (outbox.memory_id cascades on delete, so every row still has its memory.)
 SELECT o.id AS outbox_id, o.memory_id, o.user_id, o.memory_version, o.event_type, o.status,
-       o.attempts, EXTRACT(EPOCH FROM o.lease_expires_at - now()) AS lease_left,
+       o.attempts, EXTRACT(EPOCH FROM o.lease_expires_at - now()) AS lease_left, o.traceparent,
        m.content, m.metadata, m.importance, m.version, m.content_hash, m.entities, m.extractor,
        m.extracted_hash, m.deleted_at, m.user_id AS memory_user_id
 FROM outbox o

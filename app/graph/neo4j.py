@@ -13,7 +13,7 @@ import neo4j
 import neo4j.exceptions as nx
 from neo4j import GraphDatabase, ManagedTransaction
 
-from app import statements
+from app import metrics, statements
 from app.errors import (
     ConfigError,
     GraphConflict,
@@ -118,6 +118,12 @@ class Neo4jGraph:
                 connection_timeout=bounds.connect,
                 max_transaction_retry_time=bounds.transaction_retry,
                 connection_acquisition_timeout=bounds.acquisition,
+                # A label, relationship type or property no node has yet (every one of them on
+                # an empty graph) draws an UNRECOGNIZED warning per query, which the driver
+                # logs as a multi-kilobyte WARNING: expected here, so the server is asked not to
+                # send them. Other classes (performance, deprecation) still reach the log.
+                notifications_disabled_classifications=[
+                    neo4j.NotificationDisabledClassification.UNRECOGNIZED],
             )
         except (nx.ConfigurationError, ValueError) as exc:  # a malformed URI or auth
             raise ConfigError(f"NEO4J_URI: {exc}") from None
@@ -130,9 +136,19 @@ class Neo4jGraph:
             raise convert(exc) from exc
 
     def _write(self, fn: Callable[[ManagedTransaction], T]) -> T:
+        runs = 0
+
+        def counted(tx: ManagedTransaction) -> T:
+            # The driver runs the function again after a transient error: count those.
+            nonlocal runs
+            runs += 1
+            if runs > 1:
+                metrics.NEO4J_RETRIES.inc()
+            return fn(tx)
+
         def work() -> T:
             with self.driver.session(database=self.database) as session:
-                return session.execute_write(fn)
+                return session.execute_write(counted)
         return self._run(work)
 
     def _read(self, fn: Callable[[ManagedTransaction], T]) -> T:

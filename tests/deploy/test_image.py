@@ -85,6 +85,12 @@ class ComposeRun:
             for port in service.ports:
                 assert port.target == int(env["API_PORT"]), (service.name, port)
             env["API_HOST"], env["API_PORT"] = "127.0.0.1", str(self.api_port)
+        # The metrics ports are fixed in the compose network; here they would collide with
+        # whatever else listens on this machine: off (tests/faults/test_metrics.py serves them).
+        for name in [n for n in env if n.startswith("METRICS_PORT_")]:
+            env[name] = "0"
+        if "METRICS_HOST" in env:
+            env["METRICS_HOST"] = "127.0.0.1"
         return env
 
     def set_up_backing_servers(self) -> str:
