@@ -100,6 +100,10 @@ def test_wait_for_graph_is_sent_in_seconds_and_extends_the_read_timeout() -> Non
     sync_client(unlimited, timeout=httpx.Timeout(None)).get("alice", MEMORY_ID,
                                                              wait_for_graph=5)
     assert unlimited.requests[0].extensions["timeout"]["read"] is None
+    # Nonsense is the server's to refuse (422); it never stretches the timeout past a minute.
+    for nonsense, read in ((float("inf"), 7.0), (float("nan"), 7.0), (1e9, 67.0), (-1, 7.0)):
+        client.get("alice", MEMORY_ID, wait_for_graph=nonsense)
+        assert server.requests[-1].extensions["timeout"]["read"] == read
 
 
 def test_a_wait_is_a_read_retried_with_the_same_request() -> None:

@@ -193,7 +193,9 @@ export class MemoryClient {
       method: "GET", path: "/api/memories/{memory_id}", pathParams: { memory_id: memoryId },
       query: { user_id: userId, wait_for_graph: wait === undefined ? undefined : seconds(wait) },
       safe: true, signal: options.signal,
-      extraTimeMs: wait === undefined ? 0 : Math.max(0, wait * 1000),
+      // The server refuses more than 30 s (or nonsense) with a 422: never wait past 60 s.
+      extraTimeMs: wait !== undefined && Number.isFinite(wait)
+        ? Math.min(Math.max(0, wait), 60) * 1000 : 0,
     });
     return body as MemoryWithGraph;
   }

@@ -504,6 +504,23 @@ describe("graph status and history", () => {
     assert.equal(calls, 3);
   });
 
+  it("leaves a nonsense wait to the server to refuse, with no instant timeout", async () => {
+    const slowRefusal = async (_: RequestInfo | URL, init: RequestInit = {}) =>
+      new Promise<Response>((resolve, reject) => {
+        const timer = setTimeout(() => resolve(error(422, "validation_error")), 30);
+        init.signal?.addEventListener("abort", () => {
+          clearTimeout(timer);
+          reject(init.signal?.reason);
+        });
+      });
+    const c = new MemoryClient({ baseUrl: "http://memory.test", apiKey: "k", fetch: slowRefusal,
+                                 sleep: async () => {} });
+    for (const nonsense of [Number.NaN, Number.POSITIVE_INFINITY, 1e12, -1]) {
+      await assert.rejects(c.get("alice", MEMORY.id, { waitForGraph: nonsense }),
+                           errors.ValidationError);
+    }
+  });
+
   it("pages through history newest first, lazily, following next_before_version", async () => {
     const seen: (string | null)[] = [];
     const fetch = async (input: RequestInfo | URL) => {

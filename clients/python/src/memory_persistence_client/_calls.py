@@ -8,6 +8,7 @@ function here and a one-line method on each client.
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -106,6 +107,9 @@ def store_batch(user_id: str, items: Iterable[NewMemory | str],
                 body={"user_id": user_id, "items": body}, headers=_write_key(idempotency_key))
 
 
+_MAX_EXTRA = 60.0
+
+
 def _seconds(value: float) -> str:
     # The server takes "5" or "2.5" (up to three decimals), never an exponent.
     return f"{value:.3f}".rstrip("0").rstrip(".")
@@ -117,7 +121,9 @@ def get(user_id: str, memory_id: MemoryId,
     extra = 0.0
     if wait_for_graph is not None:
         params["wait_for_graph"] = _seconds(wait_for_graph)
-        extra = max(0.0, float(wait_for_graph))
+        # The server refuses more than 30 s (or nonsense) with a 422: never wait past that.
+        extra = min(max(0.0, float(wait_for_graph)), _MAX_EXTRA) \
+            if math.isfinite(wait_for_graph) else 0.0
     return Call("GET", f"/api/memories/{_id(memory_id)}",
                 lambda r: MemoryWithGraph.from_json(_json(r)), params=params, extra_time=extra)
 
