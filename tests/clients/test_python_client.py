@@ -68,7 +68,9 @@ def test_every_memory_route_through_the_sync_client(web: Web, service_key: str,
         assert rows(db, "alice") == 4
 
         got = client.get("alice", stored.id)
-        assert got == mpc.Memory(**{f: getattr(stored, f) for f in got.__dataclass_fields__})
+        assert got == mpc.MemoryWithGraph(
+            **{f: getattr(stored, f) for f in mpc.Memory.__dataclass_fields__}, graph=got.graph)
+        assert got.graph.status == "pending"  # no worker runs here
 
         every = list(client.list("alice", page_size=3))
         assert len(every) == 4 and len({m.id for m in every}) == 4
@@ -177,6 +179,60 @@ def test_search_modes_related_and_entities_through_the_client(
             client.related("dave", client.search("erin", "John", top_k=1)[0].id)
         with pytest.raises(mpc.ValidationError):
             client.entity_memories("dave", "no-type")
+
+
+def test_graph_status_wait_and_history_through_the_client(
+        web: Web, service_key: str, settings: Settings, db: Database,
+        graph: Neo4jGraph) -> None:
+    with MemoryClient(web.url, service_key) as client:
+        stored = client.store("gina", "Meeting with John about the Q4 roadmap",
+                              metadata={"topic": "work"}, importance=6)
+        # No worker runs: the wait ends with the version still pending.
+        pending = client.get("gina", stored.id, wait_for_graph=0.2)
+        assert pending.graph.status == "pending" and pending.graph.timed_out is True
+        assert pending.graph.projected_version is None and not pending.graph.settled
+        assert client.get("gina", stored.id).graph.timed_out is None  # no wait asked
+
+        # The worker's part, done here (as in the search test above).
+        with build_services(settings, db=db, graph=graph,
+                            extractor=RuleExtractor()) as parts:
+            drain(parts.projector, db)
+        projected = client.get("gina", stored.id, wait_for_graph=5)
+        assert projected.graph.status == "projected" and projected.graph.timed_out is False
+        assert projected.graph.projected_version == projected.version == 1
+
+        changed = client.update("gina", stored.id, content="Meeting with John about Q1",
+                                metadata={"topic": "plans"}, expected_version=1)
+        assert changed.version == 2
+        after = client.get("gina", stored.id)
+        assert after.graph.status == "pending" and after.graph.projected_version == 1
+
+        entries = list(client.history("gina", stored.id, page_size=1))  # a page per version
+        assert [(e.version, e.event) for e in entries] == [(2, "updated"), (1, "created")]
+        assert [e.content for e in entries] == ["Meeting with John about Q1",
+                                                "Meeting with John about the Q4 roadmap"]
+        assert [e.metadata for e in entries] == [{"topic": "plans"}, {"topic": "work"}]
+        # Who made each change: the key's id, never the key.
+        assert {e.actor for e in entries} == {"settings:service:1"}
+        assert all(e.memory_id == stored.id and e.user_id == "gina" for e in entries)
+        page = client.history_page("gina", stored.id, limit=1)
+        assert page.next_before_version == 2
+        assert client.history_page("gina", stored.id, before_version=2).items == entries[1:]
+
+        client.delete("gina", stored.id)
+        assert [e.event for e in client.history("gina", stored.id)] == [
+            "deleted", "updated", "created"]
+        with pytest.raises(mpc.NotFound):  # another user's memory has no history to read
+            client.history_page("hank", stored.id)
+
+    async def tour() -> None:
+        async with AsyncMemoryClient(web.url, service_key) as client:
+            versions = [e.version async for e in client.history("gina", stored.id)]
+            assert versions == [3, 2, 1]
+            with pytest.raises(mpc.NotFound):  # deleted: no longer readable
+                await client.get("gina", stored.id, wait_for_graph=1)
+
+    asyncio.run(tour())
 
 
 def test_a_store_retried_across_a_crash_and_restart_is_stored_once(
@@ -295,6 +351,14 @@ EXAMPLES: dict[str, Any] = {
                        "source": "graph", "reason": None, "in_transit": 0},
     "EntityMemoriesResult": {"items": [EXAMPLE_MEMORY], "degraded": False, "source": "graph",
                              "reason": None, "in_transit": 0},
+    "MemoryWithGraph": {**EXAMPLE_MEMORY, "graph": {
+        "status": "projected", "projected_version": 1, "since": "2026-01-01T00:00:01Z",
+        "timed_out": False}},
+    "HistoryPage": {"items": [{"memory_id": EXAMPLE_MEMORY["id"], "user_id": "alice",
+                               "version": 1, "event": "created", "content": "c",
+                               "metadata": {}, "importance": 5, "actor": "db:1",
+                               "changed_at": "2026-01-01T00:00:00Z", "truncated": False}],
+                    "next_before_version": None},
 }
 
 
@@ -319,6 +383,8 @@ def test_the_client_sends_what_the_live_openapi_document_describes(
     client.store_batch("alice", [NewMemory(content="c", metadata={"a": 1}, importance=2), "d"],
                        idempotency_key="k2")
     client.get("alice", some)
+    client.get("alice", some, wait_for_graph=2.5)
+    client.history_page("alice", some, limit=10, before_version=3)
     client.list_page("alice", limit=10, cursor="abc", min_importance=2, metadata={"a": 1})
     client.update("alice", some, content="c", metadata={"a": 2}, importance=4,
                   expected_version=1)

@@ -31,7 +31,8 @@ MEMORY_ID = "6f1c0a52-5f0e-4a8e-9d0c-0a3f3e1e1c11"
 MEMORY: dict[str, Any] = {"id": MEMORY_ID, "user_id": "alice",
           "content": "Meeting with John", "metadata": {}, "importance": 5, "version": 1,
           "created_at": "2026-01-02T03:04:05.123456Z", "updated_at": "2026-01-02T03:04:05Z",
-          "entities": None, "truncated": False}
+          "entities": None, "truncated": False,
+          "graph": {"status": "pending", "projected_version": None, "since": None}}
 POLICY = RetryPolicy(max_attempts=5, base_delay=0.5, max_delay=3.0, max_retry_after=10.0)
 
 Step = httpx.Response | Exception

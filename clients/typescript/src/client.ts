@@ -34,7 +34,17 @@ type JsonAnswer<P extends keyof paths, M extends Method, S extends number> =
 type Query<P extends keyof paths, M extends Method> =
   Operation<P, M> extends { parameters: { query?: infer Q } } ? NonNullable<Q> : never;
 
-export type Memory = JsonAnswer<"/api/memories/{memory_id}", "get", 200>;
+export type Memory = JsonAnswer<"/api/memories/{memory_id}", "patch", 200>;
+/** A memory as `get` returns it: with where its projection into the graph stands. */
+export type MemoryWithGraph = JsonAnswer<"/api/memories/{memory_id}", "get", 200>;
+/** `status`: pending, failed, dead or projected; `timed_out` only with `waitForGraph`. */
+export type GraphProjection = MemoryWithGraph["graph"];
+/** A page of a memory's history, newest version first. */
+export type HistoryPage = JsonAnswer<"/api/memories/{memory_id}/history", "get", 200>;
+/** One version: what it held, who made it (`actor`, the key's id) and when. */
+export type HistoryEntry = HistoryPage["items"][number];
+/** The history's query: page size and `before_version` (a page's `next_before_version`). */
+export type HistoryQuery = Omit<Query<"/api/memories/{memory_id}/history", "get">, "user_id">;
 export type Page = JsonAnswer<"/api/memories", "get", 200>;
 export type Deleted = JsonAnswer<"/api/memories/{memory_id}", "delete", 200>;
 export type SearchResult = JsonAnswer<"/api/memories/search", "post", 200>;
@@ -86,6 +96,12 @@ export interface CallOptions {
   signal?: AbortSignal;
 }
 
+export interface GetOptions extends CallOptions {
+  /** Seconds (at most 30) the server may wait for the current version to be projected into
+   * the graph (or failed, or dead) before answering; each attempt's timeout grows by it. */
+  waitForGraph?: number;
+}
+
 export interface WriteOptions extends CallOptions {
   /** Defaults to a new random key per call; every retry of the call resends it. */
   idempotencyKey?: string;
@@ -106,6 +122,8 @@ interface Call {
   /** Repeating it has no second effect, so any failure may be retried. */
   safe: boolean;
   signal?: AbortSignal | undefined;
+  /** Time the server may take on purpose (a wait asked for), added to each attempt's. */
+  extraTimeMs?: number;
 }
 
 interface Answer {
@@ -165,13 +183,54 @@ export class MemoryClient {
     return { ...(batch as Omit<BatchResult, "replayed">), replayed: replayed(headers) };
   }
 
-  /** One memory; NotFound when missing, deleted, or another user's. */
-  async get(userId: string, memoryId: string, options: CallOptions = {}): Promise<Memory> {
+  /** One memory with its `graph` status; NotFound when missing, deleted, or another user's.
+   * With `waitForGraph` (seconds) the server answers once the current version is projected,
+   * failed or dead, or when the wait runs out (`graph.timed_out`). */
+  async get(userId: string, memoryId: string,
+            options: GetOptions = {}): Promise<MemoryWithGraph> {
+    const wait = options.waitForGraph;
     const { body } = await this.#send({
       method: "GET", path: "/api/memories/{memory_id}", pathParams: { memory_id: memoryId },
-      query: { user_id: userId }, safe: true, signal: options.signal,
+      query: { user_id: userId, wait_for_graph: wait === undefined ? undefined : seconds(wait) },
+      safe: true, signal: options.signal,
+      // The server refuses more than 30 s (or nonsense) with a 422: never wait past 60 s.
+      extraTimeMs: wait !== undefined && Number.isFinite(wait)
+        ? Math.min(Math.max(0, wait), 60) * 1000 : 0,
     });
-    return body as Memory;
+    return body as MemoryWithGraph;
+  }
+
+  /** One page of a memory's history (a deleted one's too), newest version first. */
+  async historyPage(userId: string, memoryId: string, query: HistoryQuery = {},
+                    options: CallOptions = {}): Promise<HistoryPage> {
+    const { body } = await this.#send({
+      method: "GET", path: "/api/memories/{memory_id}/history",
+      pathParams: { memory_id: memoryId },
+      query: { user_id: userId, limit: query.limit, before_version: query.before_version },
+      safe: true, signal: options.signal,
+    });
+    return body as HistoryPage;
+  }
+
+  /** Every page of a memory's history in turn, following `next_before_version`. */
+  async *historyPages(userId: string, memoryId: string, query: HistoryQuery = {},
+                      options: CallOptions = {}): AsyncGenerator<HistoryPage, void> {
+    let before: number | null = query.before_version ?? null;
+    do {
+      const page: HistoryPage = await this.historyPage(
+        userId, memoryId, { ...query, before_version: before }, options);
+      yield page;
+      before = page.next_before_version ?? null;
+    } while (before !== null);
+  }
+
+  /** Every kept version of a memory, newest first, with who made each change and when,
+   * fetched a page at a time. */
+  async *history(userId: string, memoryId: string, query: HistoryQuery = {},
+                 options: CallOptions = {}): AsyncGenerator<HistoryEntry, void> {
+    for await (const page of this.historyPages(userId, memoryId, query, options)) {
+      yield* page.items;
+    }
   }
 
   /** One page of the user's memories, newest first; pass `next_cursor` for the next. */
@@ -313,9 +372,10 @@ export class MemoryClient {
     call.signal?.throwIfAborted();
     // One signal for the caller's abort and this attempt's timeout.
     const controller = new AbortController();
-    const timedOut = new Error(`no answer within ${this.#timeoutMs} ms`);
+    const timeoutMs = this.#timeoutMs + (call.extraTimeMs ?? 0);
+    const timedOut = new Error(`no answer within ${timeoutMs} ms`);
     timedOut.name = "TimeoutError";
-    const timer = setTimeout(() => controller.abort(timedOut), this.#timeoutMs);
+    const timer = setTimeout(() => controller.abort(timedOut), timeoutMs);
     const forward = (): void => controller.abort(call.signal?.reason);
     call.signal?.addEventListener("abort", forward, { once: true });
     try {
@@ -364,6 +424,11 @@ export class MemoryClient {
     const search = query.toString();
     return `${this.#base}${path}${search ? `?${search}` : ""}`;
   }
+}
+
+/** Seconds as the server takes them: "5" or "2.5", at most three decimals, no exponent. */
+function seconds(value: number): string {
+  return String(Number(value.toFixed(3)));
 }
 
 function replayed(headers: Headers): boolean {

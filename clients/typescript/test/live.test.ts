@@ -134,6 +134,37 @@ describe("the live API", { skip }, () => {
                          (e: unknown) => e instanceof ValidationError && e.field === "key");
   });
 
+  it("reports the graph status, waits for it, and keeps every version's history", async () => {
+    const stored = await client.store({ user_id: "ts-gina", metadata: { topic: "work" },
+                                        content: "Meeting with John about the Q4 roadmap" });
+    // No worker runs here: the wait ends with the version still pending.
+    const waited = await client.get("ts-gina", stored.id, { waitForGraph: 0.2 });
+    assert.deepEqual([waited.graph.status, waited.graph.projected_version,
+                      waited.graph.timed_out], ["pending", null, true]);
+    const now = await client.get("ts-gina", stored.id);
+    assert.equal(now.graph.status, "pending");
+    assert.ok(now.graph.timed_out === null || now.graph.timed_out === undefined);
+    await assert.rejects(client.get("ts-gina", stored.id, { waitForGraph: 31 }),
+                         (e: unknown) => e instanceof ValidationError);
+
+    await client.update(stored.id, { user_id: "ts-gina", content: "Meeting with John about Q1",
+                                     metadata: { topic: "plans" }, expected_version: 1 });
+    const entries = await all(client.history("ts-gina", stored.id, { limit: 1 }));
+    assert.deepEqual(entries.map((e) => [e.version, e.event, e.content]), [
+      [2, "updated", "Meeting with John about Q1"],
+      [1, "created", "Meeting with John about the Q4 roadmap"]]);
+    assert.deepEqual(entries.map((e) => e.metadata), [{ topic: "plans" }, { topic: "work" }]);
+    // Who made each change: the key's id, never the key.
+    assert.ok(entries.every((e) => typeof e.actor === "string" && e.actor !== KEY));
+    const page = await client.historyPage("ts-gina", stored.id, { limit: 1 });
+    assert.equal(page.next_before_version, 2);
+
+    await client.delete("ts-gina", stored.id);
+    const kept = await all(client.history("ts-gina", stored.id));
+    assert.deepEqual(kept.map((e) => e.event), ["deleted", "updated", "created"]);
+    await assert.rejects(client.historyPage("ts-other", stored.id), NotFound);
+  });
+
   it("stores once when the answer to a store is lost and the store is retried", async () => {
     // A proxy that lets the store reach the API, then cuts the connection instead of passing
     // the answer on: the memory is committed, the client never hears of it and retries.

@@ -453,3 +453,105 @@ describe("the errors", () => {
     }
   });
 });
+
+describe("graph status and history", () => {
+  const WITH_GRAPH = { ...MEMORY, graph: { status: "projected", projected_version: 1,
+                                           since: "2026-01-02T03:04:06Z", timed_out: false } };
+  const entry = (version: number) => ({
+    memory_id: MEMORY.id, user_id: "alice", version,
+    event: version === 1 ? "created" : "updated", content: `v${version}`,
+    metadata: { n: version }, importance: 5, actor: "db:7",
+    changed_at: `2026-01-02T03:0${version}:00Z`, truncated: false });
+
+  it("reads the graph status and sends waitForGraph in seconds, retrying like a read", async () => {
+    const script = new Script(error(503, "store_unavailable"), answer(200, WITH_GRAPH));
+    const { c, sleeps } = client(script);
+    const got = await c.get("alice", MEMORY.id, { waitForGraph: 2.5 });
+    assert.equal(got.graph.status, "projected");
+    assert.equal(got.graph.projected_version, 1);
+    assert.equal(got.graph.timed_out, false);
+    assert.equal(sleeps.length, 1);
+    await c.get("alice", MEMORY.id, { waitForGraph: 0.1234 });
+    await c.get("alice", MEMORY.id);
+    assert.deepEqual(script.requests.map((r) => r.url), [
+      `http://memory.test/api/memories/${MEMORY.id}?user_id=alice&wait_for_graph=2.5`,
+      `http://memory.test/api/memories/${MEMORY.id}?user_id=alice&wait_for_graph=2.5`,
+      `http://memory.test/api/memories/${MEMORY.id}?user_id=alice&wait_for_graph=0.123`,
+      `http://memory.test/api/memories/${MEMORY.id}?user_id=alice`]);
+  });
+
+  it("gives a wait for the graph that much more time to answer", async () => {
+    let calls = 0;
+    // Answers after 150 ms: past the 20 ms timeout, within it plus the 1 s wait asked for.
+    const slow = async (_: RequestInfo | URL, init: RequestInit = {}) => {
+      calls += 1;
+      return new Promise<Response>((resolve, reject) => {
+        const timer = setTimeout(() => resolve(answer(200, WITH_GRAPH)), 150);
+        init.signal?.addEventListener("abort", () => {
+          clearTimeout(timer);
+          reject(init.signal?.reason);
+        });
+      });
+    };
+    const c = new MemoryClient({ baseUrl: "http://memory.test", apiKey: "k", timeoutMs: 20,
+                                 fetch: slow, sleep: async () => {},
+                                 retry: { maxAttempts: 2 } });
+    const got = await c.get("alice", MEMORY.id, { waitForGraph: 1 });
+    assert.equal(got.graph.status, "projected");
+    assert.equal(calls, 1);
+    // Without the wait the same answer is too slow: timed out twice, then given up.
+    await assert.rejects(c.get("alice", MEMORY.id), TransportError);
+    assert.equal(calls, 3);
+  });
+
+  it("leaves a nonsense wait to the server to refuse, with no instant timeout", async () => {
+    const slowRefusal = async (_: RequestInfo | URL, init: RequestInit = {}) =>
+      new Promise<Response>((resolve, reject) => {
+        const timer = setTimeout(() => resolve(error(422, "validation_error")), 30);
+        init.signal?.addEventListener("abort", () => {
+          clearTimeout(timer);
+          reject(init.signal?.reason);
+        });
+      });
+    const c = new MemoryClient({ baseUrl: "http://memory.test", apiKey: "k", fetch: slowRefusal,
+                                 sleep: async () => {} });
+    for (const nonsense of [Number.NaN, Number.POSITIVE_INFINITY, 1e12, -1]) {
+      await assert.rejects(c.get("alice", MEMORY.id, { waitForGraph: nonsense }),
+                           errors.ValidationError);
+    }
+  });
+
+  it("pages through history newest first, lazily, following next_before_version", async () => {
+    const seen: (string | null)[] = [];
+    const fetch = async (input: RequestInfo | URL) => {
+      const url = new URL(String(input));
+      assert.equal(url.pathname, `/api/memories/${MEMORY.id}/history`);
+      assert.equal(url.searchParams.get("user_id"), "alice");
+      assert.equal(url.searchParams.get("limit"), "2");
+      const before = url.searchParams.get("before_version");
+      seen.push(before);
+      const top = before === null ? 5 : Number(before) - 1;
+      const versions = [top, top - 1].filter((v) => v >= 1);
+      return answer(200, { items: versions.map(entry),
+                           next_before_version: versions.at(-1)! > 1 ? versions.at(-1) : null });
+    };
+    const c = new MemoryClient({ baseUrl: "http://memory.test", apiKey: "k", fetch });
+    const entries = c.history("alice", MEMORY.id, { limit: 2 });
+    assert.deepEqual(seen, []);
+    const all = [];
+    for await (const e of entries) all.push(e);
+    assert.deepEqual(all.map((e) => e.version), [5, 4, 3, 2, 1]);
+    assert.deepEqual(seen, [null, "4", "2"]);
+    assert.equal(all.at(-1)!.event, "created");
+    assert.equal(all[0]!.actor, "db:7");
+
+    const page = await c.historyPage("alice", MEMORY.id, { limit: 2, before_version: 3 });
+    assert.deepEqual(page.items.map((e) => e.version), [2, 1]);
+    assert.equal(page.next_before_version, null);
+    const pages = [];
+    for await (const p of c.historyPages("alice", MEMORY.id, { limit: 2, before_version: 4 })) {
+      pages.push(p.items.map((e) => e.version));
+    }
+    assert.deepEqual(pages, [[3, 2], [1]]);
+  });
+});

@@ -8,6 +8,7 @@ function here and a one-line method on each client.
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -22,7 +23,9 @@ from memory_persistence_client.models import (
     Deleted,
     EntitiesResult,
     EntityMemoriesResult,
+    HistoryPage,
     Memory,
+    MemoryWithGraph,
     NewMemory,
     Page,
     RelatedResult,
@@ -48,6 +51,9 @@ class Call(Generic[T]):
     headers: Mapping[str, str] = field(default_factory=dict)
     safe: bool = True
     """Repeating it has no second effect, so any failure may be retried."""
+    extra_time: float = 0.0
+    """Seconds the server may take on purpose (a wait it was asked for), added to the read
+    timeout of each attempt."""
 
 
 def _json(response: httpx.Response) -> object:
@@ -101,9 +107,33 @@ def store_batch(user_id: str, items: Iterable[NewMemory | str],
                 body={"user_id": user_id, "items": body}, headers=_write_key(idempotency_key))
 
 
-def get(user_id: str, memory_id: MemoryId) -> Call[Memory]:
-    return Call("GET", f"/api/memories/{_id(memory_id)}", lambda r: Memory.from_json(_json(r)),
-                params={"user_id": user_id})
+_MAX_EXTRA = 60.0
+
+
+def _seconds(value: float) -> str:
+    # The server takes "5" or "2.5" (up to three decimals), never an exponent.
+    return f"{value:.3f}".rstrip("0").rstrip(".")
+
+
+def get(user_id: str, memory_id: MemoryId,
+        wait_for_graph: float | None = None) -> Call[MemoryWithGraph]:
+    params: dict[str, str | int] = {"user_id": user_id}
+    extra = 0.0
+    if wait_for_graph is not None:
+        params["wait_for_graph"] = _seconds(wait_for_graph)
+        # The server refuses more than 30 s (or nonsense) with a 422: never wait past that.
+        extra = min(max(0.0, float(wait_for_graph)), _MAX_EXTRA) \
+            if math.isfinite(wait_for_graph) else 0.0
+    return Call("GET", f"/api/memories/{_id(memory_id)}",
+                lambda r: MemoryWithGraph.from_json(_json(r)), params=params, extra_time=extra)
+
+
+def history_page(user_id: str, memory_id: MemoryId, limit: int | None,
+                 before_version: int | None) -> Call[HistoryPage]:
+    return Call("GET", f"/api/memories/{_id(memory_id)}/history",
+                lambda r: HistoryPage.from_json(_json(r)),
+                params=_without_none(user_id=user_id, limit=limit,
+                                     before_version=before_version))
 
 
 def list_page(user_id: str, limit: int | None, cursor: str | None,

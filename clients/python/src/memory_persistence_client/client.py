@@ -24,7 +24,10 @@ from memory_persistence_client.models import (
     Deleted,
     EntitiesResult,
     EntityMemoriesResult,
+    HistoryEntry,
+    HistoryPage,
     Memory,
+    MemoryWithGraph,
     NewMemory,
     Page,
     RelatedResult,
@@ -57,8 +60,19 @@ class _Retrying:
         self._random: Callable[[], float] = random.random
 
     def _request(self, call: Call[Any]) -> dict[str, Any]:
-        return {"method": call.method, "url": call.path, "params": dict(call.params) or None,
-                "json": call.body, "headers": dict(call.headers)}
+        request = {"method": call.method, "url": call.path,
+                   "params": dict(call.params) or None, "json": call.body,
+                   "headers": dict(call.headers)}
+        if call.extra_time > 0:
+            request["timeout"] = self._timeout(call.extra_time)
+        return request
+
+    def _timeout(self, extra: float) -> httpx.Timeout:
+        """The configured timeout with ``extra`` seconds more to read the answer (a read
+        timeout of None, no limit, stays None)."""
+        base: httpx.Timeout = self._options["timeout"]
+        return httpx.Timeout(connect=base.connect, write=base.write, pool=base.pool,
+                             read=None if base.read is None else base.read + extra)
 
     def _on_answer(self, call: Call[T], response: httpx.Response, attempt: int) -> float | None:
         """None when the answer is a success; the delay before a retry; else raises."""
@@ -146,9 +160,37 @@ class MemoryClient(_Retrying):
         """Store several memories of one user in one transaction (all or none)."""
         return self._send(_calls.store_batch(user_id, items, idempotency_key))
 
-    def get(self, user_id: str, memory_id: MemoryId) -> Memory:
-        """One memory; ``NotFound`` when missing, deleted, or another user's."""
-        return self._send(_calls.get(user_id, memory_id))
+    def get(self, user_id: str, memory_id: MemoryId, *,
+            wait_for_graph: float | None = None) -> MemoryWithGraph:
+        """One memory with its ``graph`` status; ``NotFound`` when missing, deleted, or another
+        user's. ``wait_for_graph`` (seconds, at most 30) lets the server answer only once the
+        current version is projected, failed or dead (``graph.timed_out`` when time ran out);
+        the read timeout grows by that wait."""
+        return self._send(_calls.get(user_id, memory_id, wait_for_graph))
+
+    def history_page(self, user_id: str, memory_id: MemoryId, *, limit: int | None = None,
+                     before_version: int | None = None) -> HistoryPage:
+        """One page of a memory's history, newest version first."""
+        return self._send(_calls.history_page(user_id, memory_id, limit, before_version))
+
+    def history_pages(self, user_id: str, memory_id: MemoryId, *, page_size: int = 100,
+                      before_version: int | None = None) -> Iterator[HistoryPage]:
+        """Every page of a memory's history in turn, following ``next_before_version``."""
+        while True:
+            page = self.history_page(user_id, memory_id, limit=page_size,
+                                     before_version=before_version)
+            yield page
+            if page.next_before_version is None:
+                return
+            before_version = page.next_before_version
+
+    def history(self, user_id: str, memory_id: MemoryId, *, page_size: int = 100,
+                before_version: int | None = None) -> Iterator[HistoryEntry]:
+        """Every kept version of a memory (a deleted one's too), newest first, with who made
+        each change (``actor``) and when, fetched a page at a time."""
+        for page in self.history_pages(user_id, memory_id, page_size=page_size,
+                                       before_version=before_version):
+            yield from page.items
 
     def list_page(self, user_id: str, *, limit: int | None = None, cursor: str | None = None,
                   min_importance: int | None = None,
@@ -274,8 +316,31 @@ class AsyncMemoryClient(_Retrying):
                           idempotency_key: str | None = None) -> BatchResult:
         return await self._send(_calls.store_batch(user_id, items, idempotency_key))
 
-    async def get(self, user_id: str, memory_id: MemoryId) -> Memory:
-        return await self._send(_calls.get(user_id, memory_id))
+    async def get(self, user_id: str, memory_id: MemoryId, *,
+                  wait_for_graph: float | None = None) -> MemoryWithGraph:
+        return await self._send(_calls.get(user_id, memory_id, wait_for_graph))
+
+    async def history_page(self, user_id: str, memory_id: MemoryId, *,
+                           limit: int | None = None,
+                           before_version: int | None = None) -> HistoryPage:
+        return await self._send(_calls.history_page(user_id, memory_id, limit, before_version))
+
+    async def history_pages(self, user_id: str, memory_id: MemoryId, *, page_size: int = 100,
+                            before_version: int | None = None) -> AsyncIterator[HistoryPage]:
+        while True:
+            page = await self.history_page(user_id, memory_id, limit=page_size,
+                                           before_version=before_version)
+            yield page
+            if page.next_before_version is None:
+                return
+            before_version = page.next_before_version
+
+    async def history(self, user_id: str, memory_id: MemoryId, *, page_size: int = 100,
+                      before_version: int | None = None) -> AsyncIterator[HistoryEntry]:
+        async for page in self.history_pages(user_id, memory_id, page_size=page_size,
+                                             before_version=before_version):
+            for entry in page.items:
+                yield entry
 
     async def list_page(self, user_id: str, *, limit: int | None = None,
                         cursor: str | None = None, min_importance: int | None = None,

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar, Generic, Self, TypeVar
+from typing import Any, ClassVar, Generic, Literal, Self, TypeVar
 
 from memory_persistence_client.errors import ProtocolError
 
@@ -91,6 +91,126 @@ class Memory:
     @classmethod
     def from_json(cls, data: object) -> Memory:
         return cls(**cls._fields(data))
+
+
+ProjectionStatus = Literal["pending", "projected", "failed", "dead"]
+HistoryEvent = Literal["created", "updated", "deleted"]
+_STATUSES: frozenset[str] = frozenset({"pending", "projected", "failed", "dead"})
+_EVENTS: frozenset[str] = frozenset({"created", "updated", "deleted"})
+
+
+def _opt_datetime(value: object) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(str(value))
+
+
+@dataclass(frozen=True, kw_only=True)
+class GraphProjection:
+    """Where a memory's projection into the graph stands: ``pending`` (a change waits for or
+    is in delivery), ``failed`` (an attempt failed, a retry is due), ``dead`` (a dead letter
+    waits for an admin) or ``projected`` (the graph has the current version).
+    ``projected_version`` is the newest version the graph has (None: none yet); ``timed_out``
+    is set only by a read with ``wait_for_graph``: True when the wait ran out first."""
+
+    status: ProjectionStatus
+    projected_version: int | None
+    since: datetime | None
+    timed_out: bool | None = None
+
+    @property
+    def settled(self) -> bool:
+        """Whether waiting longer is pointless: projected, failed or dead."""
+        return self.status != "pending"
+
+    @classmethod
+    def from_json(cls, data: object) -> GraphProjection:
+        body = _obj(data, "graph")
+        try:
+            status = str(body["status"])
+            if status not in _STATUSES:
+                raise ValueError(f"unknown status {status!r}")
+            timed_out = body.get("timed_out")
+            return cls(status=status,  # type: ignore[arg-type]  # checked just above
+                       projected_version=_opt_int(body.get("projected_version")),
+                       since=_opt_datetime(body.get("since")),
+                       timed_out=None if timed_out is None else bool(timed_out))
+        except KeyError as exc:
+            raise ProtocolError(f"graph: missing {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(f"graph: {exc}") from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class MemoryWithGraph(Memory):
+    """A memory as ``get`` returns it: with where its projection into the graph stands."""
+
+    graph: GraphProjection
+
+    @classmethod
+    def from_json(cls, data: object) -> MemoryWithGraph:
+        body = _obj(data, "memory")
+        if "graph" not in body:
+            raise ProtocolError("memory: missing 'graph'")
+        return cls(**cls._fields(body), graph=GraphProjection.from_json(body["graph"]))
+
+
+@dataclass(frozen=True, kw_only=True)
+class HistoryEntry:
+    """One version of a memory: what it held, who made it and when. A delete (the last entry)
+    holds no content, metadata or importance. ``actor`` is the API key's id (never the key),
+    the actor a library caller named, or None."""
+
+    memory_id: uuid.UUID
+    user_id: str
+    version: int
+    event: HistoryEvent
+    content: str | None
+    metadata: dict[str, Any] | None
+    importance: int | None
+    actor: str | None
+    changed_at: datetime
+    truncated: bool = False
+
+    @classmethod
+    def from_json(cls, data: object) -> HistoryEntry:
+        body = _obj(data, "history entry")
+        try:
+            event = str(body["event"])
+            if event not in _EVENTS:
+                raise ValueError(f"unknown event {event!r}")
+            content, metadata, actor = body.get("content"), body.get("metadata"), body.get("actor")
+            return cls(memory_id=uuid.UUID(str(body["memory_id"])),
+                       user_id=str(body["user_id"]), version=int(body["version"]),
+                       event=event,  # type: ignore[arg-type]  # checked just above
+                       content=None if content is None else str(content),
+                       metadata=None if metadata is None else dict(
+                           _obj(metadata, "history entry.metadata")),
+                       importance=_opt_int(body.get("importance")),
+                       actor=None if actor is None else str(actor),
+                       changed_at=datetime.fromisoformat(str(body["changed_at"])),
+                       truncated=bool(body.get("truncated", False)))
+        except KeyError as exc:
+            raise ProtocolError(f"history entry: missing {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(f"history entry: {exc}") from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class HistoryPage:
+    """One page of a memory's history, newest version first; pass ``next_before_version`` as
+    ``before_version`` for the next (older) page (None: the last)."""
+
+    items: list[HistoryEntry]
+    next_before_version: int | None = None
+
+    @classmethod
+    def from_json(cls, data: object) -> HistoryPage:
+        body = _obj(data, "history page")
+        try:
+            return cls(items=[HistoryEntry.from_json(e)
+                              for e in _list(body.get("items"), "history.items")],
+                       next_before_version=_opt_int(body.get("next_before_version")))
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(f"history page: {exc}") from None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -420,9 +540,15 @@ SCHEMA_COMPONENTS: dict[str, tuple[type[Any], frozenset[str]]] = {
     "EntityItem": (EntityItem, frozenset()),
     "EntitiesResult": (EntitiesResult, frozenset()),
     "EntityMemoriesResult": (EntityMemoriesResult, frozenset()),
+    "GraphProjection": (GraphProjection, frozenset()),
+    "MemoryWithGraph": (MemoryWithGraph, frozenset()),
+    "HistoryEntry": (HistoryEntry, frozenset()),
+    "HistoryPage": (HistoryPage, frozenset()),
 }
 
 __all__ = ["BatchResult", "Deleted", "EntitiesResult", "Entity", "EntityItem",
-           "EntityMemoriesResult", "EntityRef", "GraphAnswer", "Memory", "NewMemory", "Page",
+           "EntityMemoriesResult", "EntityRef", "GraphAnswer", "GraphProjection", "HistoryEntry",
+           "HistoryEvent", "HistoryPage", "Memory", "MemoryWithGraph", "NewMemory", "Page",
+           "ProjectionStatus",
            "RelatedItem", "RelatedResult", "ScoredMemory", "SearchHit", "SearchResult",
            "StoredMemory"]
