@@ -33,7 +33,7 @@ run: $(STAMP)
 ## The whole test suite: lint, types, then pytest on the real servers (started and stopped by it).
 test: $(STAMP) $(NODE_STAMP) check
 	mkdir -p $(TEST_TMP)
-	$(BIN)/python -m pytest --basetemp=$(TEST_TMP)/run ; status=$$? ; \
+	$(BIN)/python -m pytest --basetemp=$(TEST_TMP)/run --durations=30 ; status=$$? ; \
 	  $(BIN)/python -m tests.reap $(TEST_TMP) ; exit $$status
 
 check: lint types

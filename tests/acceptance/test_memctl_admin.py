@@ -269,10 +269,11 @@ def test_sync_in_the_background_follows_a_job_and_jobs_lists_shows_cancels(
             wait_for(lambda: "submitted job 3" in errors.read_text(), 60,
                      "the rebuild job to be submitted and followed")
             follower.send_signal(signal.SIGINT)
-            out, _ = follower.communicate(timeout=30)
+            out, _ = follower.communicate(timeout=60)
         finally:
             if follower.poll() is None:
                 follower.kill()
+                follower.communicate()  # reap it and close its pipe
     err = errors.read_text()
     assert follower.returncode == 130, out + err
     assert "stopped following job 3; it goes on" in err
