@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import time
+import signal
+import threading
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import typer
@@ -72,17 +75,43 @@ def print_job(job: Job) -> None:
                       else f"[red]{len(findings)} inconsistencies[/]")
 
 
+@contextlib.contextmanager
+def _ctrl_c() -> Iterator[threading.Event]:
+    """SIGINT sets an event instead of raising wherever the main thread happens to be.
+
+    A KeyboardInterrupt raised inside a Postgres round trip or inside rich's live display can
+    leave either stuck; the follower checks the event between polls instead.
+    """
+    pressed = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: pressed.set())
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def follow(jobs: Jobs, job_id: int, show_progress: bool) -> Job:
     """Poll a job until it ends, drawing a progress bar per phase on stderr.
 
     Ctrl-C stops following (KeyboardInterrupt reaches the caller); the job goes on.
     """
+    with _ctrl_c() as pressed:
+        job = _follow(jobs, job_id, show_progress, pressed)
+    if job is None:
+        raise KeyboardInterrupt
+    return job
+
+
+def _follow(jobs: Jobs, job_id: int, show_progress: bool,
+            pressed: threading.Event) -> Job | None:
+    """The job once it ended, or None when Ctrl-C was pressed first."""
     if not show_progress:
-        while True:
+        while not pressed.is_set():
             job = jobs.get(job_id)
             if job.finished:
                 return job
-            time.sleep(FOLLOW_SECONDS)
+            pressed.wait(FOLLOW_SECONDS)
+        return None
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -96,7 +125,7 @@ def follow(jobs: Jobs, job_id: int, show_progress: bool) -> Job:
     with Progress(TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err_console) as progress:
         status = progress.add_task("queued", total=None)
-        while True:
+        while not pressed.is_set():
             job = jobs.get(job_id)
             progress.update(status, description=job.status)
             for p in job.phases:
@@ -109,7 +138,8 @@ def follow(jobs: Jobs, job_id: int, show_progress: bool) -> Job:
                         progress.update(task.id, total=task.completed or 1,
                                         completed=task.completed or 1)
                 return job
-            time.sleep(FOLLOW_SECONDS)
+            pressed.wait(FOLLOW_SECONDS)
+    return None
 
 
 def submit_and_follow(parts: Services, request: Any, actor: str, as_json: bool) -> None:
