@@ -9,8 +9,8 @@ wrong key, and a genuinely poison memory. Issue #18.
 - A memory the model always answers badly for still becomes a dead letter after its attempts,
   while its neighbours project and the breaker stays closed.
 
-Phase lengths come from FAULTS_LLM_OUTAGE_SECONDS (503, 30 s by default; the issue's run is
-120) and FAULTS_LLM_RATE_LIMIT_SECONDS (429, 20 s by default).
+Phase lengths come from FAULTS_LLM_OUTAGE_SECONDS (503, 20 s by default; the issue's run is
+120) and FAULTS_LLM_RATE_LIMIT_SECONDS (429, 15 s by default).
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ pytestmark = pytest.mark.servers
 
 KEY = "sk-stub-right-key"
 WRONG_KEY = "sk-stub-wrong-key"
-UNAVAILABLE = env_seconds("FAULTS_LLM_OUTAGE_SECONDS", 30)
-RATE_LIMITED = env_seconds("FAULTS_LLM_RATE_LIMIT_SECONDS", 20)
+UNAVAILABLE = env_seconds("FAULTS_LLM_OUTAGE_SECONDS", 20)
+RATE_LIMITED = env_seconds("FAULTS_LLM_RATE_LIMIT_SECONDS", 15)
 RETRY_AFTER = 8.0  # longer than the 5 s probe interval, so honouring it is visible
 RATE = 2.0
 

@@ -6,7 +6,7 @@ opens the graph breaker instead of spending the rows' attempts, so it ends with 
 written during it); when Neo4j is back a probe closes the breaker, the held rows are due at
 once, and the graph converges within a minute.
 
-The outage lasts FAULTS_OUTAGE_SECONDS (60 s by default, keeping CI bounded; the issue's five
+The outage lasts FAULTS_OUTAGE_SECONDS (45 s by default, keeping CI bounded; the issue's five
 minutes is FAULTS_OUTAGE_SECONDS=300).
 """
 
@@ -48,7 +48,7 @@ with warnings.catch_warnings():
 
 pytestmark = pytest.mark.servers
 
-OUTAGE = env_seconds("FAULTS_OUTAGE_SECONDS", 60)
+OUTAGE = env_seconds("FAULTS_OUTAGE_SECONDS", 45)
 RATE = 2.0  # writes per second, as in the issue's measurement
 CONVERGE_WITHIN = 60.0  # seconds after Neo4j answers again
 
