@@ -115,9 +115,13 @@ ORDER BY created_at DESC, id DESC
 LIMIT :limit;
 
 -- search_settings --
--- Let filtered HNSW scans keep going until enough rows pass the filters (pgvector 0.8).
+-- Let filtered HNSW scans keep going until enough rows pass the filters (pgvector 0.8), and plan
+-- each search for its own values: after five runs of the prepared statement Postgres may switch
+-- to a generic plan that cannot see the user or the vector and sorts every row exactly
+-- (measured at 100k: 8 ms with custom plans, 210-300 ms with the generic one).
 SELECT set_config('hnsw.iterative_scan', 'strict_order', true),
-       set_config('hnsw.ef_search', CAST(:ef_search AS text), true);
+       set_config('hnsw.ef_search', CAST(:ef_search AS text), true),
+       set_config('plan_cache_mode', 'force_custom_plan', true);
 
 -- memory_stats --
 -- Counts of one user's (or every user's) memories.
