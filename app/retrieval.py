@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from app.db.connector import Database, Row
-from app.domain import MAX_PAGE, MAX_TOP_K, Memory, entity_key
+from app.domain import MAX_TOP_K, Memory, entity_key
 from app.embeddings import Embedder, to_pgvector
 from app.errors import GraphError, NotFound, ValidationError
 from app.graph.base import GraphStore, Neighbours
 from app.settings import Settings
 from app.store import to_memory
-from app.validation import check_metadata, check_text, check_user_id
+from app.validation import check_limit, check_metadata, check_text, check_user_id
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -146,12 +146,6 @@ def _entity_refs(user_id: str, entities: object) -> dict[str, EntityRef]:
     return refs
 
 
-def _limit(value: object, field: str = "limit", maximum: int = MAX_PAGE) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
-        raise ValidationError(f"{field} must be from 1 to {maximum}", field)
-    return value
-
-
 class Retrieval:
     """Search, related memories and entities of one user at a time."""
 
@@ -192,7 +186,7 @@ class Retrieval:
         query = check_text(query, "query", max_chars=self.settings.max_content_chars)
         if mode not in MODES:
             raise ValidationError("mode must be vector, text or hybrid", "mode")
-        top_k = _limit(top_k, "top_k", MAX_TOP_K)
+        top_k = check_limit(top_k, "top_k", MAX_TOP_K)
         if isinstance(min_importance, bool) or not isinstance(min_importance, int) \
                 or not 1 <= min_importance <= 10:
             raise ValidationError("min_importance must be an integer from 1 to 10",
@@ -288,7 +282,7 @@ class Retrieval:
         """The user's live memories sharing entities with this one, most shared first, then
         most important, then most recent; each with the entities it shares."""
         user_id = check_user_id(user_id)
-        limit = _limit(limit)
+        limit = check_limit(limit)
         mid = _uuid(memory_id)
         source = self.db.one("memory_for_retrieval", {"id": mid, "user_id": user_id})
         if source is None:
@@ -325,7 +319,7 @@ class Retrieval:
         """The user's entities with how many live memories mention each, most mentioned
         first; ``query`` matches part of the name (any case), ``type_`` the type."""
         user_id = check_user_id(user_id)
-        limit = _limit(limit)
+        limit = check_limit(limit)
         if query is not None:
             query = check_text(query, "q", max_chars=200)
         if type_ is not None and not _TYPE.fullmatch(str(type_)):
@@ -359,7 +353,7 @@ class Retrieval:
         """The user's live memories mentioning the entity ``key`` (``type:name``), most
         important first."""
         user_id = check_user_id(user_id)
-        limit = _limit(limit)
+        limit = check_limit(limit)
         full = parse_key(user_id, key)
         in_transit = int(self.db.scalar("user_in_transit", {"user_id": user_id}))
         reason: str | None = f"{in_transit} changes are not in the graph yet" if in_transit \

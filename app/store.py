@@ -25,7 +25,6 @@ from sqlalchemy import Connection
 from app.db.connector import Database, Row, Tx
 from app.domain import (
     MAX_GRAPH_WAIT_SECONDS,
-    MAX_PAGE,
     Entity,
     EventType,
     HistoryEntry,
@@ -41,7 +40,13 @@ from app.embeddings import Embedder, to_pgvector
 from app.errors import IdempotencyConflict, NotFound, ValidationError, VersionConflict
 from app.outbox import Outbox
 from app.settings import Settings
-from app.validation import check_int64, check_metadata, check_text, check_user_id
+from app.validation import (
+    check_int64,
+    check_limit,
+    check_metadata,
+    check_text,
+    check_user_id,
+)
 
 log = logging.getLogger(__name__)
 MAX_ACTOR_CHARS = 200
@@ -484,8 +489,7 @@ class MemoryService:
         HISTORY_RETENTION_DAYS forgets them); another user's memory is NotFound."""
         user_id = check_user_id(user_id)
         mid = _check_id(memory_id)
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
-            raise ValidationError(f"limit must be from 1 to {MAX_PAGE}", "limit")
+        check_limit(limit)
         if before_version is not None:
             check_int64(before_version, "before_version")
         params = {"memory_id": mid, "user_id": user_id}
@@ -502,8 +506,7 @@ class MemoryService:
              metadata: dict[str, Any] | None = None, min_importance: int = 1) -> Page:
         """A page of live memories, newest first; pass ``next_cursor`` back for the next page."""
         user_id = check_user_id(user_id)
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
-            raise ValidationError(f"limit must be from 1 to {MAX_PAGE}", "limit")
+        check_limit(limit)
         _check_importance(min_importance, "min_importance")
         after = decode_cursor(cursor) if cursor else (None, None)
         rows = self.db.all("list_memories", {

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from app.domain import MAX_PAGE
 from app.errors import ValidationError
 
 MAX_USER_ID = 128
@@ -67,6 +68,13 @@ def check_int64(value: object, field: str, *, minimum: int = 1) -> int:
         raise ValidationError(f"{field} must be an integer", field)
     if not minimum <= value <= MAX_BIGINT:
         raise ValidationError(f"{field} must be from {minimum} to {MAX_BIGINT}", field)
+    return value
+
+
+def check_limit(value: object, field: str = "limit", maximum: int = MAX_PAGE) -> int:
+    """A page size or result count: an integer from 1 to ``maximum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise ValidationError(f"{field} must be from 1 to {maximum}", field)
     return value
 
 
