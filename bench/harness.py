@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 import psycopg
 from sqlalchemy import text
@@ -316,10 +317,21 @@ class BenchEnv:
         proc.wait_log("relay started", 60)
         return proc
 
-    def start_web(self, settings: Settings) -> ManagedProcess:
-        """``memctl web`` on ``settings.api_host:api_port`` (not waited for)."""
-        return self.processes.start("web", [sys.executable, "-m", "app.cli", "web"],
-                                    child_env(settings))
+    def start_web(self, settings: Settings, timeout: float = 90) -> ManagedProcess:
+        """``memctl web`` on ``settings.api_host:api_port``; returns once it answers liveness."""
+        web = self.processes.start("web", [sys.executable, "-m", "app.cli", "web"],
+                                   child_env(settings))
+        url = f"http://{settings.api_host}:{settings.api_port}/api/health/live"
+        with httpx.Client(timeout=30) as probe:
+            def live() -> bool:
+                if web.proc.poll() is not None:
+                    raise RuntimeError(f"web exited:\n{web.log()}")
+                try:
+                    return probe.get(url).status_code == 200
+                except httpx.HTTPError:
+                    return False
+            wait_for(live, timeout, "the web process", interval=0.1)
+        return web
 
     def start_proxy(self, delay_ms: float) -> tuple[ManagedProcess, str]:
         """The slow-Neo4j proxy in front of the Bolt port; returns it and its bolt:// URI."""

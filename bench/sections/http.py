@@ -20,7 +20,6 @@ from bench.context import Context
 from bench.corpus import Corpus
 from bench.harness import say
 from bench.stats import run_closed
-from devtools.harness import wait_for
 from devtools.localservers import free_port
 
 API_KEY = "bench-service-key"
@@ -42,16 +41,6 @@ def run(ctx: Context) -> dict[str, Any]:
     base = f"http://127.0.0.1:{port}"
     rows: list[dict[str, Any]] = []
     try:
-        with httpx.Client(base_url=base, timeout=30) as probe:
-            def live() -> bool:
-                if web.proc.poll() is not None:
-                    raise RuntimeError(f"web exited:\n{web.log()}")
-                try:
-                    return probe.get("/api/health/live").status_code == 200
-                except httpx.HTTPError:
-                    return False
-            wait_for(live, 90, "the web process", interval=0.1)
-
         for threads in THREADS:
             for kind, per_request in (("single", 1), ("batch", BATCH)):
                 say(f"http: {kind} stores, {threads} thread(s), up to {memories} memories "

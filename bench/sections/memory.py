@@ -22,7 +22,6 @@ from bench.dataset import preload
 from bench.harness import RssSampler, say
 from bench.sections import projection
 from bench.stats import Latencies, run_closed
-from devtools.harness import wait_for
 from devtools.localservers import free_port
 
 API_KEY = "bench-service-key"
@@ -62,15 +61,6 @@ def run(ctx: Context) -> dict[str, Any]:
     base = f"http://127.0.0.1:{port}"
     serial = itertools.count()
     try:
-        with httpx.Client(base_url=base, timeout=30) as probe:
-            def live() -> bool:
-                if web.proc.poll() is not None:
-                    raise RuntimeError(f"web exited:\n{web.log()}")
-                try:
-                    return probe.get("/api/health/live").status_code == 200
-                except httpx.HTTPError:
-                    return False
-            wait_for(live, 60, "the web process", interval=0.1)
         time.sleep(0.5)
         with RssSampler(web.pid) as rss:
             time.sleep(0.3)
