@@ -485,8 +485,9 @@ class MemoryService:
 
     def history(self, user_id: str, memory_id: uuid.UUID | str, *, limit: int = 50,
                 before_version: int | None = None) -> HistoryPage:
-        """A page of a memory's versions, newest first, deleted memories' too (until
-        HISTORY_RETENTION_DAYS forgets them); another user's memory is NotFound."""
+        """A page of a memory's versions, newest first, deleted memories' too (without their
+        content once the tombstone is purged; until HISTORY_RETENTION_DAYS forgets them);
+        another user's memory is NotFound."""
         user_id = check_user_id(user_id)
         mid = _check_id(memory_id)
         check_limit(limit)

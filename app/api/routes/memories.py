@@ -179,8 +179,9 @@ def memory_history(
         "`next_before_version` of the previous page."))] = None,
 ) -> HistoryPage:
     """Every kept version of this user's memory, newest first: content, metadata, importance,
-    the API key (its id) that made it and when; a delete is the last entry. Deleted memories
-    keep their history until HISTORY_RETENTION_DAYS forgets it (never the latest entry)."""
+    the API key (its id) that made it and when; a delete is the last entry. A deleted memory's
+    entries lose their content once its tombstone is purged (TOMBSTONE_RETENTION_HOURS);
+    HISTORY_RETENTION_DAYS forgets older entries (never the latest)."""
     principal.authorize(user_id)
     return memories.history(user_id, memory_id, limit=limit, before_version=before_version)
 

@@ -146,8 +146,9 @@ export interface paths {
         /**
          * A memory's history
          * @description Every kept version of this user's memory, newest first: content, metadata, importance,
-         *     the API key (its id) that made it and when; a delete is the last entry. Deleted memories
-         *     keep their history until HISTORY_RETENTION_DAYS forgets it (never the latest entry).
+         *     the API key (its id) that made it and when; a delete is the last entry. A deleted memory's
+         *     entries lose their content once its tombstone is purged (TOMBSTONE_RETENTION_HOURS);
+         *     HISTORY_RETENTION_DAYS forgets older entries (never the latest).
          */
         get: operations["memory_history_api_memories__memory_id__history_get"];
         put?: never;
